@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Build every test image from Debian packages (no image is pulled from anywhere) and push the
+# application images to the local registry. Idempotent and cached: a root filesystem is only
+# rebuilt when its package list changes, and docker build reuses its layer cache.
+#
+# Images (all names are in images.env, which tests read too):
+#   $REGISTRY/stackops/app:v1, :v2, :latest (latest = v2 unless a test moves it)
+#   $REGISTRY/stackops/postgres:15, $REGISTRY/stackops/caddy:2.6, $REGISTRY/stackops/busybox:1
+#   stackops-testbed/testhost:latest (Docker-in-Docker host for Molecule and fleets)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/testbed/lib.sh
+. "$here/lib.sh"
+# shellcheck source=tests/testbed/images.env
+. "$here/images.env"
+
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+CACHE_DIR=$STATE_DIR/debs
+export DOCKER_BUILDKIT=0  # the classic builder resolves FROM against local images only
+
+# Package lists of the root filesystems (Debian bookworm, minbase).
+declare -A ROOTFS_PACKAGES=(
+    [python]="python3 python3-psycopg2 ca-certificates"
+    [postgres]="postgresql-15 postgresql-client-15 ca-certificates"
+    [caddy]="caddy ca-certificates"
+    [testhost]="docker.io python3 python3-docker python3-requests iptables ca-certificates procps kmod"
+)
+
+rootfs_image() {  # rootfs_image FLAVOR: build (once per package list) and print the image name
+    local flavor=$1 packages=${ROOTFS_PACKAGES[$1]} key image dir
+    key=$(printf '%s|%s|%s|v2' "$SUITE" "$flavor" "$packages" | sha256sum | cut -c1-12)
+    image="stackops-testbed/rootfs-$flavor:$key"
+    if docker image inspect "$image" >/dev/null 2>&1; then
+        log "rootfs $flavor: cached ($image)"
+        echo "$image"
+        return
+    fi
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/rootfs-$flavor.XXXXXX")
+    mkdir -p "$CACHE_DIR/$flavor"
+    log "rootfs $flavor: debootstrap ($packages)"
+    local t0=$SECONDS
+    debootstrap --variant=minbase --cache-dir="$CACHE_DIR/$flavor" \
+        --include="${packages// /,}" "$SUITE" "$dir" "$MIRROR" >"$dir.log" 2>&1 || {
+        tail -n 20 "$dir.log" >&2
+        rm -rf "$dir"
+        die "debootstrap of the $flavor root filesystem failed (log above)"
+    }
+    # Keep images small: no package cache, lists, docs or man pages.
+    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
+        "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*
+    tar -C "$dir" -c . | docker import - "$image" >/dev/null
+    rm -rf "$dir" "$dir.log"
+    log "rootfs $flavor: built in $((SECONDS - t0)) s"
+    echo "$image"
+}
+
+build() {  # build TAG CONTEXT [docker build args...]
+    local tag=$1 context=$2
+    shift 2
+    local out
+    out=$(docker build -q -t "$tag" "$@" "$context" 2>&1) || {
+        printf '%s\n' "$out" >&2
+        die "docker build of $tag failed (output above)"
+    }
+}
+
+push() {
+    docker push -q "$1" >/dev/null || die "docker push of $1 to the local registry failed"
+}
+
+build_all() {
+    local python postgres caddy testhost ctx
+    # The debootstraps are independent and mostly wait on downloads: run them side by side,
+    # then ask again for the names (cached by then).
+    local flavor pids=()
+    for flavor in python postgres caddy testhost; do
+        rootfs_image "$flavor" >/dev/null &
+        pids+=($!)
+    done
+    for flavor in "${pids[@]}"; do
+        wait "$flavor" || die "a root filesystem build failed (see above)"
+    done
+    python=$(rootfs_image python)
+    postgres=$(rootfs_image postgres)
+    caddy=$(rootfs_image caddy)
+    testhost=$(rootfs_image testhost)
+
+    build "$APP_IMAGE:v1" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v1
+    build "$APP_IMAGE:v2" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v2
+    build "$APP_IMAGE:v3" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v3
+    docker tag "$APP_IMAGE:v2" "$APP_IMAGE:latest"
+    build "$POSTGRES_IMAGE" "$here/images/postgres" --build-arg "BASE=$postgres"
+    build "$CADDY_IMAGE" "$here/images/caddy" --build-arg "BASE=$caddy"
+
+    ctx=$(mktemp -d)
+    cp "$here/images/busybox/Dockerfile" "$ctx/"
+    cp /bin/busybox "$ctx/busybox"
+    build "$BUSYBOX_IMAGE" "$ctx"
+    rm -rf "$ctx"
+
+    ctx=$(mktemp -d)
+    cp "$here/images/testhost/Dockerfile" "$here/images/testhost/entrypoint.sh" "$ctx/"
+    cp /usr/libexec/docker/cli-plugins/docker-compose "$ctx/docker-compose"
+    build "$TESTHOST_IMAGE" "$ctx" --build-arg "BASE=$testhost"
+    rm -rf "$ctx"
+
+    local image
+    for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$APP_IMAGE:latest" \
+        "$POSTGRES_IMAGE" "$CADDY_IMAGE" "$BUSYBOX_IMAGE"; do
+        push "$image"
+    done
+    log "images ready: app v1/v2/v3, postgres, caddy, busybox pushed to $REGISTRY; $TESTHOST_IMAGE local"
+}
+
+build_all
