@@ -60,7 +60,7 @@ class Handler(BaseHTTPRequestHandler):
                 try:
                     with connect() as conn, conn.cursor() as cur:
                         cur.execute("SELECT 1")
-                except Exception as exc:  # noqa: BLE001 - any DB error means unhealthy
+                except Exception as exc:
                     return self.reply(503, "database: %s\n" % exc)
             return self.reply(200, "ok %s\n" % VERSION)
         if self.path == "/records":
@@ -76,9 +76,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() or "record"
         with connect() as conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO records (body, version) VALUES (%s, %s) RETURNING id", (body, VERSION)
-            )
+            cur.execute("INSERT INTO records (body, version) VALUES (%s, %s) RETURNING id", (body, VERSION))
             new_id = cur.fetchone()[0]
         return self.reply(201, json.dumps({"id": new_id}), "application/json")
 
@@ -94,7 +92,7 @@ def main():
             try:
                 ensure_schema()
                 break
-            except Exception as exc:  # noqa: BLE001 - wait for the database to come up
+            except Exception as exc:
                 print("waiting for database: %s" % exc, flush=True)
                 time.sleep(1)
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)

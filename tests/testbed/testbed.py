@@ -1,0 +1,244 @@
+"""Python side of the test bed: image names, free ports, compose stacks, running Ansible.
+
+Used by the integration tests, the benchmarks and the demo. Everything here talks to the real
+Docker engine and the real `docker compose` CLI; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+TESTBED_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTBED_DIR.parent.parent
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
+
+
+def load_images():
+    """Image names from images.env (the same file the shell scripts source)."""
+    env = {"STACKOPS_REGISTRY": os.environ.get("STACKOPS_REGISTRY", "127.0.0.1:5000")}
+    names = {}
+    for line in (TESTBED_DIR / "images.env").read_text().splitlines():
+        m = re.match(r"^([A-Z_]+)=(.*)$", line.strip())
+        if not m:
+            continue
+        value = re.sub(
+            r"\$\{STACKOPS_REGISTRY:-([^}]*)\}", lambda x: env["STACKOPS_REGISTRY"] or x.group(1), m.group(2)
+        )
+        value = re.sub(r"\$([A-Z_]+)", lambda x: names.get(x.group(1), ""), value)
+        names[m.group(1)] = value
+    return names
+
+
+IMAGES = load_images()
+
+
+def docker_ready():
+    """None when the engine answers, else the reason it does not."""
+    try:
+        out = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if out.returncode != 0:
+        return (out.stderr or out.stdout).strip()
+    return None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_name(prefix="st"):
+    return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+def http_get(url, timeout=2.0):
+    """(status, body) of a GET; status 0 with the error text when the connection fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError) as exc:
+        return 0, str(exc)
+
+
+def wait_http(url, expect_status=200, body_contains=None, timeout=60.0, interval=0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = http_get(url)
+        if last[0] == expect_status and (body_contains is None or body_contains in last[1]):
+            return last
+        time.sleep(interval)
+    raise AssertionError(
+        "%s did not answer %s%s within %ss; last answer: %r"
+        % (url, expect_status, " with %r" % body_contains if body_contains else "", timeout, last)
+    )
+
+
+def run(cmd, check=True, **kwargs):
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    result = subprocess.run(cmd, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            "command failed (rc=%s): %s\nstdout: %s\nstderr: %s"
+            % (result.returncode, " ".join(map(str, cmd)), result.stdout, result.stderr)
+        )
+    return result
+
+
+class ComposeStack:
+    """A compose project in its own directory with a unique name; `down()` removes it all."""
+
+    def __init__(self, directory, name, compose_yaml, files=None):
+        self.dir = Path(directory)
+        self.name = name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.compose_file = self.dir / "compose.yml"
+        self.write(compose_yaml, files)
+
+    def write(self, compose_yaml, files=None):
+        self.compose_file.write_text(compose_yaml)
+        for rel, content in (files or {}).items():
+            path = self.dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+
+    def compose(self, *args, check=True, timeout=300):
+        return run(
+            ["docker", "compose", "--project-directory", str(self.dir), "-p", self.name, *args],
+            check=check,
+            timeout=timeout,
+        )
+
+    def up(self, *services, wait=True):
+        args = ["up", "-d", "--quiet-pull"]
+        if wait:
+            args += ["--wait", "--wait-timeout", "120"]
+        return self.compose(*args, *services)
+
+    def ps(self):
+        from_cli = self.compose("ps", "--all", "--format", "json").stdout
+        text = from_cli.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def container_id(self, service):
+        return self.compose("ps", "--all", "-q", service).stdout.strip()
+
+    def volume(self, name):
+        return "%s_%s" % (self.name, name)
+
+    def down(self):
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+
+
+def ansible_env(extra=None):
+    env = dict(os.environ)
+    env.update(
+        {
+            "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS_PATH),
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_HOST_KEY_CHECKING": "0",
+            "ANSIBLE_DEPRECATION_WARNINGS": "0",
+            "PATH": "%s:%s" % (VENV_BIN, env.get("PATH", "")),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def run_module(module, args, check=False, diff=False, env=None, timeout=600):
+    """Run stackops.rollback.<module> on localhost through real Ansible; return its result.
+
+    The result dict has `failed`, `changed`, `msg` and whatever the module returned.
+    """
+    name = module if "." in module else "stackops.rollback." + module
+    cmd = [
+        str(VENV_BIN / "ansible"),
+        "localhost",
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-m",
+        name,
+        "-a",
+        json.dumps(args),
+    ]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ansible_env(
+            dict(
+                {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}, **(env or {})
+            )
+        ),
+    )
+    try:
+        data = json.loads(proc.stdout)
+        return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(
+            "could not read the result of %s: %s\nstdout: %s\nstderr: %s"
+            % (name, exc, proc.stdout[-3000:], proc.stderr[-3000:])
+        ) from exc
+
+
+def run_playbook(
+    playbook, extra_vars=None, inventory="localhost,", limit=None, check=False, env=None, timeout=1200, extra_args=()
+):
+    """Run ansible-playbook; returns the CompletedProcess (stdout holds the play's output)."""
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", inventory, str(playbook)]
+    if extra_vars:
+        fd, path = tempfile.mkstemp(suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(extra_vars, fh)
+        cmd += ["-e", "@" + path]
+    if limit:
+        cmd += ["--limit", limit]
+    if check:
+        cmd.append("--check")
+    cmd += list(extra_args)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ansible_env(env))
+    finally:
+        if extra_vars:
+            os.unlink(path)
+
+
+def remove_volume(name):
+    run(["docker", "volume", "rm", "-f", name], check=False)
+
+
+def have(cmd):
+    return shutil.which(cmd) is not None
