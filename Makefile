@@ -71,7 +71,7 @@ molecule:
 	$(BIN)/molecule test --all
 
 bench: venv testbed
-	@$(BIN)/python bench/run.py
+	@$(BIN)/python bench/run.py $(BENCH)
 
 demo: venv testbed
 	@$(BIN)/python scripts/demo.py
