@@ -54,7 +54,7 @@ ansible-lint:
 	$(BIN)/ansible-lint --profile production --offline --strict
 
 sanity:
-	@scripts/ansible-test-sanity $(BUILD)/sanity
+	@scripts/ansible-test-sanity $${TMPDIR:-/tmp}/stackops-rollback-sanity
 
 build:
 	@rm -rf $(BUILD)/dist && mkdir -p $(BUILD)/dist
@@ -69,6 +69,7 @@ integration:
 
 molecule:
 	$(BIN)/molecule test --all
+	@scripts/molecule-verify-can-fail default
 
 bench: venv testbed
 	@$(BIN)/python bench/run.py $(BENCH)

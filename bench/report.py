@@ -23,11 +23,15 @@ absolute times are context only.
 def machine():
     try:
         docker = subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, timeout=20
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         ).stdout.strip()
     except OSError:
         docker = "?"
-    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    cores = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     return "%s, %s cores, Python %s, Docker %s" % (
         platform.platform(terse=True),
         cores,
@@ -50,7 +54,7 @@ def write_section(name, title, command, body):
     text = DOC.read_text() if DOC.exists() else HEADER
     pattern = re.compile(r"<!-- bench:%s -->.*?<!-- /bench:%s -->" % (re.escape(name), re.escape(name)), re.S)
     if pattern.search(text):
-        text = pattern.sub(lambda _m: section, text)
+        text = pattern.sub(lambda match: section, text)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,6 @@ def write_section(name, title, command, body):
 
 
 def table(headers, rows):
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for header in headers) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)

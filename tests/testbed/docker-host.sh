@@ -106,6 +106,7 @@ install_tools() {
     local missing=()
     command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
     command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+    command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # ansible-test sanity
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
     [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
     [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)

@@ -1,4 +1,5 @@
 # Shared settings and helpers of the test bed scripts (sourced, not run).
+# shellcheck disable=SC2034  # the variables are for the scripts that source this file
 # shellcheck shell=bash
 COMPOSE_MIN=${COMPOSE_MIN:-2.18.0}
 REGISTRY=${STACKOPS_REGISTRY:-127.0.0.1:5000}

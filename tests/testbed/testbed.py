@@ -49,7 +49,11 @@ def docker_ready():
     """None when the engine answers, else the reason it does not."""
     try:
         out = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
@@ -96,7 +100,7 @@ def wait_http(url, expect_status=200, body_contains=None, timeout=60.0, interval
 def run(cmd, check=True, **kwargs):
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
-    result = subprocess.run(cmd, **kwargs)
+    result = subprocess.run(cmd, check=False, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(
             "command failed (rc=%s): %s\nstdout: %s\nstderr: %s"
@@ -195,6 +199,7 @@ def run_module(module, args, check=False, diff=False, env=None, timeout=600):
         cmd.append("--diff")
     proc = subprocess.run(
         cmd,
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -230,7 +235,7 @@ def run_playbook(
         cmd.append("--check")
     cmd += list(extra_args)
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ansible_env(env))
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=ansible_env(env))
     finally:
         if extra_vars:
             os.unlink(path)

@@ -88,12 +88,12 @@ def main():
         sys.exit(3)
     time.sleep(START_DELAY)
     if DATABASE_URL:
-        for _ in range(60):
+        for attempt in range(60):
             try:
                 ensure_schema()
                 break
             except Exception as exc:
-                print("waiting for database: %s" % exc, flush=True)
+                print("waiting for database (attempt %d): %s" % (attempt + 1, exc), flush=True)
                 time.sleep(1)
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     server.daemon_threads = True

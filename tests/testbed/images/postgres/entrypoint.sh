@@ -2,7 +2,7 @@
 # PostgreSQL for the test bed: initialise the data directory on first start, then run the
 # server as the postgres user. POSTGRES_PASSWORD and POSTGRES_DB as in the usual images.
 set -eu
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)
+PGBIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d | sort -V | tail -n 1)
 PGDATA=${PGDATA:-/var/lib/postgresql/data}
 export PGDATA
 mkdir -p "$PGDATA" /run/postgresql
