@@ -88,11 +88,15 @@ start_engine() {
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     # setsid: the daemon must outlive this script and the make that called it.
     setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
-    local i
+    local pid=$! i
     for i in $(seq 1 60); do
         if docker info >/dev/null 2>&1; then
             log "dockerd answers after ${i}s"
             return
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$DOCKERD_LOG" >&2 || true
+            die "the Docker engine could not start: dockerd exited (log: $DOCKERD_LOG, last lines above). Integration tests need a running engine: fix the cause shown and run again."
         fi
         sleep 1
     done
