@@ -1,0 +1,322 @@
+# Copyright (c) stackops.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The release ledger: what each compose project ran, by image digest, and its history.
+
+Layout under the ledger directory (default /var/lib/stackops-rollback), private to root:
+
+    projects/<project>/releases/<id>/release.json   the release: services, images, files
+    projects/<project>/releases/<id>/files/...      copies of its compose and env files (0600)
+    projects/<project>/history.jsonl                one event a line: deploy, rollback, ...
+    projects/<project>/pin.yml                      compose override pinning images by digest
+    projects/<project>/lock                         held by a rollback in progress
+    audit.log                                       one JSON line per rollback on this host
+
+A release id is derived from the release's content (files and image ids), so recording the same
+deployed state twice gives the same id and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+
+DEFAULT_LEDGER_DIR = "/var/lib/stackops-rollback"
+# What `docker compose` looks for when no file is named, in its order; overrides it adds.
+DEFAULT_COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+DEFAULT_OVERRIDE_FILES = (
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+)
+DEFAULT_ENV_FILE = ".env"
+RELEASE_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+ROLLBACK_EVENTS = ("rollback",)
+DEPLOY_EVENTS = ("deploy",)
+
+
+class LedgerError(Exception):
+    """Bad input or a ledger that cannot be used; the message says what to do."""
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(files, services):
+    """Content hash of a release: its files (path and sha256) and each service's image id."""
+    h = hashlib.sha256()
+    for entry in sorted(files, key=lambda f: f["path"]):
+        h.update(("file\0%s\0%s\n" % (entry["path"], entry["sha256"])).encode())
+    for name in sorted(services):
+        h.update(("service\0%s\0%s\n" % (name, services[name].get("image_id") or "")).encode())
+    return h.hexdigest()
+
+
+def pin_reference(service):
+    """The image reference that pins a service exactly: repo@digest, else the image id."""
+    return service.get("repo_digest") or service.get("image_id")
+
+
+def pin_document(release):
+    """A compose override (JSON is valid YAML) that pins every service of a release."""
+    services = {}
+    for name, svc in sorted(release.get("services", {}).items()):
+        ref = pin_reference(svc)
+        if ref:
+            services[name] = {"image": ref}
+    return json.dumps({"services": services}, indent=2, sort_keys=True) + "\n"
+
+
+def safe_relpath(path):
+    """Refuse absolute paths and '..' in file names stored in or restored from a release."""
+    norm = os.path.normpath(path)
+    if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
+        raise LedgerError("file %r is outside the project directory; only files inside it are recorded" % path)
+    return norm
+
+
+def atomic_write(path, data, mode=0o600):
+    """Write bytes to path through a temporary file in the same directory, fsync, rename."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".stackops-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_in_place(path, data, mode=None):
+    """Replace a file's content keeping its inode (single-file bind mounts keep seeing it)."""
+    flags = os.O_WRONLY | os.O_CREAT
+    fd = os.open(path, flags, mode if mode is not None else 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+class Ledger:
+    def __init__(self, root, project):
+        if not project or not PROJECT_RE.match(project):
+            raise LedgerError(
+                "project name %r is not a valid compose project name (lowercase letters, digits, '-' and '_')" % project
+            )
+        self.root = root or DEFAULT_LEDGER_DIR
+        self.project = project
+        self.dir = os.path.join(self.root, "projects", project)
+        self.releases_dir = os.path.join(self.dir, "releases")
+        self.history_path = os.path.join(self.dir, "history.jsonl")
+        self.pin_path = os.path.join(self.dir, "pin.yml")
+        self.lock_path = os.path.join(self.dir, "lock")
+        self.audit_path = os.path.join(self.root, "audit.log")
+
+    # -- storage ---------------------------------------------------------------------------
+    def ensure_dirs(self):
+        for path in (self.root, os.path.join(self.root, "projects"), self.dir, self.releases_dir):
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+
+    def release_dir(self, release_id):
+        if not RELEASE_ID_RE.match(release_id or ""):
+            raise LedgerError("%r is not a release id (12 hex digits, as compose_release_info lists)" % release_id)
+        return os.path.join(self.releases_dir, release_id)
+
+    def has_release(self, release_id):
+        return os.path.isfile(os.path.join(self.release_dir(release_id), "release.json"))
+
+    def get(self, release_id):
+        path = os.path.join(self.release_dir(release_id), "release.json")
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except OSError as exc:
+            raise LedgerError(
+                "release %s of project %s is not in the ledger at %s (%s); list the releases with "
+                "stackops.rollback.compose_release_info" % (release_id, self.project, self.dir, exc.strerror)
+            ) from exc
+        except ValueError as exc:
+            raise LedgerError("release file %s is damaged: %s" % (path, exc)) from exc
+
+    def releases(self):
+        """Every recorded release, oldest first."""
+        if not os.path.isdir(self.releases_dir):
+            return []
+        result = []
+        for name in os.listdir(self.releases_dir):
+            if RELEASE_ID_RE.match(name) and self.has_release(name):
+                result.append(self.get(name))
+        return sorted(result, key=lambda r: r.get("created", ""))
+
+    def file_content(self, release_id, relpath):
+        path = os.path.join(self.release_dir(release_id), "files", safe_relpath(relpath))
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    def store_release(self, release, contents):
+        """Write a release and its file copies atomically (temporary dir, then rename)."""
+        self.ensure_dirs()
+        final = self.release_dir(release["id"])
+        if os.path.isdir(final):
+            return False
+        tmp = tempfile.mkdtemp(prefix=".new-", dir=self.releases_dir)
+        try:
+            for entry in release["files"]:
+                dest = os.path.join(tmp, "files", safe_relpath(entry["path"]))
+                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+                atomic_write(dest, contents[entry["path"]], 0o600)
+            atomic_write(
+                os.path.join(tmp, "release.json"), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode()
+            )
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return True
+
+    # -- history ---------------------------------------------------------------------------
+    def history(self):
+        if not os.path.exists(self.history_path):
+            return []
+        events = []
+        with open(self.history_path) as fh:
+            for number, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    events.append(json.loads(line))
+                except ValueError as exc:
+                    raise LedgerError("history %s line %d is damaged: %s" % (self.history_path, number, exc)) from exc
+        return events
+
+    def append_event(self, event):
+        self.ensure_dirs()
+        line = (json.dumps(event, sort_keys=True) + "\n").encode()
+        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def audit(self, entry):
+        self.ensure_dirs()
+        line = (json.dumps(dict(entry, project=self.project), sort_keys=True) + "\n").encode()
+        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def current_id(self):
+        events = self.history()
+        return events[-1]["release"] if events else None
+
+    def previous_id(self, deployed_now=None):
+        """The release deployed before the most recent deploy.
+
+        Rollbacks do not move this point, so rolling back to `previous` twice lands on the same
+        release (idempotent) instead of walking further back; name a release id for that.
+        `deployed_now` is what runs now: when it is not the current release it was deployed
+        without being recorded, and counts as the most recent deploy.
+        """
+        deployed = []
+        events = self.history()
+        if deployed_now and (not events or events[-1]["release"] != deployed_now):
+            events.append({"event": "deploy", "release": deployed_now})
+        for event in events:
+            if event.get("event") in DEPLOY_EVENTS and (not deployed or deployed[-1] != event["release"]):
+                deployed.append(event["release"])
+        if not deployed:
+            return None
+        last = deployed[-1]
+        for release_id in reversed(deployed[:-1]):
+            if release_id != last:
+                return release_id
+        return None
+
+    def find_by_commit(self, commit):
+        """The newest release recorded from this git commit, or None."""
+        found = None
+        for release in self.releases():
+            if release.get("git", {}).get("commit") == commit:
+                found = release
+        return found
+
+    # -- lock ------------------------------------------------------------------------------
+    def lock_holder(self):
+        try:
+            with open(self.lock_path) as fh:
+                return json.load(fh)
+        except OSError:
+            return None
+        except ValueError:
+            return {"holder": "unknown (damaged lock file %s)" % self.lock_path}
+
+    def acquire(self, holder):
+        """Take the project's lock; raise LedgerError naming the holder when it is taken."""
+        self.ensure_dirs()
+        data = dict(holder, host=socket.gethostname(), since=utcnow())
+        try:
+            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            current = self.lock_holder() or {}
+            if current.get("token") and current.get("token") == holder.get("token"):
+                return False  # ours already: a re-run of the same play
+            raise LedgerError(
+                "another rollback holds the lock of project %s: %s (since %s, lock file %s). Wait for it "
+                "to finish; if it died, remove the lock with stackops.rollback.rollback_lock state=absent force=true"
+                % (self.project, current.get("holder", "?"), current.get("since", "?"), self.lock_path)
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def release_lock(self, token=None, force=False):
+        current = self.lock_holder()
+        if current is None:
+            return False
+        if not force and token and current.get("token") not in (None, token):
+            raise LedgerError(
+                "the lock of project %s is held by %s, not by this run; not removing it (force=true removes it)"
+                % (self.project, current.get("holder", "?"))
+            )
+        os.unlink(self.lock_path)
+        return True

@@ -1,0 +1,225 @@
+#!/usr/bin/python
+# Copyright (c) stackops.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: compose_release_info
+short_description: List the recorded releases of a compose project and resolve a rollback target
+version_added: 1.0.0
+description:
+  - Reads the release ledger written by M(stackops.rollback.compose_release) on the managed host.
+  - Returns every release, the current and the previous one, the history of events, the holder of
+    the project's rollback lock if any, and, with O(target), the release a rollback would go to.
+  - V(previous) is the release deployed before the most recent deploy. Rollbacks do not move it, so
+    a second rollback to V(previous) lands on the same release instead of walking further back.
+  - With O(compare_deployed=true), also captures what runs now and tells whether it is the
+    current release (C(deployed_id)).
+author:
+  - stackops.rollback developers
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: The module only reads.
+options:
+  project_src:
+    description:
+      - Directory of the compose project. Needed for git ref targets and for O(compare_deployed).
+    type: path
+  project_name:
+    description:
+      - Compose project name. Defaults to the name Compose derives for O(project_src).
+      - One of O(project_src) and O(project_name) is required.
+    type: str
+  files:
+    description:
+      - Compose files, relative to O(project_src), when they are not Compose's default names.
+    type: list
+    elements: path
+  env_files:
+    description:
+      - Environment files of the project, relative to O(project_src). Defaults to C(.env) when it exists.
+    type: list
+    elements: path
+  ledger_dir:
+    description:
+      - Directory of the release ledger on the managed host.
+    type: path
+    default: /var/lib/stackops-rollback
+  target:
+    description:
+      - A rollback target to resolve - V(previous), V(current), a release id, or a git ref.
+    type: str
+  compare_deployed:
+    description:
+      - Capture the deployed state and return its release id as RV(deployed_id).
+    type: bool
+    default: false
+  docker_host:
+    description:
+      - The Docker engine to talk to. Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
+    type: str
+    aliases: [docker_url]
+  api_timeout:
+    description:
+      - Seconds to wait for one answer from the Docker API.
+    type: int
+    default: 60
+    aliases: [timeout_api]
+seealso:
+  - module: stackops.rollback.compose_release
+"""
+
+EXAMPLES = r"""
+- name: List the releases of the shop
+  stackops.rollback.compose_release_info:
+    project_src: /srv/shop
+  register: shop_releases
+
+- name: Show the current and the previous release
+  ansible.builtin.debug:
+    msg: "current {{ shop_releases.current.id }}, previous {{ shop_releases.previous.id | default('none') }}"
+
+- name: Resolve a git ref to the release recorded from it
+  stackops.rollback.compose_release_info:
+    project_src: /srv/shop
+    target: v1.4.2
+  register: shop_target
+"""
+
+RETURN = r"""
+project:
+  description: The compose project name.
+  returned: success
+  type: str
+releases:
+  description: Every recorded release, newest first (no file contents).
+  returned: success
+  type: list
+  elements: dict
+current:
+  description: The release of the most recent event, or V(null).
+  returned: success
+  type: dict
+previous:
+  description: The release deployed before the most recent deploy, or V(null).
+  returned: success
+  type: dict
+history:
+  description: Events, oldest first (C(event), C(release), C(time), C(version), C(details)).
+  returned: success
+  type: list
+  elements: dict
+target:
+  description: The release O(target) resolves to; C(source) is V(git) for a git ref never recorded.
+  returned: when O(target) is set
+  type: dict
+deployed_id:
+  description:
+    - Release id of what runs now (it may not be in the ledger yet).
+    - When it is not the current release, it counts as the most recent deploy for V(previous).
+  returned: when O(compare_deployed=true)
+  type: str
+deployed:
+  description: What runs now, as a release (no file contents).
+  returned: when O(compare_deployed=true)
+  type: dict
+lock:
+  description: Holder of the project's rollback lock, or V(null).
+  returned: success
+  type: dict
+ledger_dir:
+  description: The project's folder in the ledger.
+  returned: success
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose, ComposeError
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, Ledger, LedgerError
+from ansible_collections.stackops.rollback.plugins.module_utils._release import (
+    capture,
+    load_target,
+    project_file_names,
+    summary,
+)
+
+
+class ReleaseLister:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def project_name(self):
+        if self.params.get("project_name"):
+            return self.params["project_name"]
+        src = self.params["project_src"]
+        compose_files, _envs = project_file_names(src, self.params.get("files"), self.params.get("env_files"))
+        return Compose(
+            self.module, project_src=src, files=compose_files, docker_host=self.params.get("docker_host")
+        ).config()["name"]
+
+    def run(self):
+        ledger = Ledger(self.params["ledger_dir"], self.project_name())
+        releases = ledger.releases()
+        current_id, previous_id = ledger.current_id(), ledger.previous_id()
+        by_id = {r["id"]: r for r in releases}
+        result = {
+            "changed": False,
+            "project": ledger.project,
+            "ledger_dir": ledger.dir,
+            "releases": [summary(r) for r in reversed(releases)],
+            "current": summary(by_id.get(current_id)),
+            "previous": summary(by_id.get(previous_id)),
+            "history": ledger.history(),
+            "lock": ledger.lock_holder(),
+        }
+        deployed_id = None
+        if self.params["compare_deployed"]:
+            if not self.params.get("project_src"):
+                self.module.fail_json(msg="compare_deployed needs project_src")
+            release, _contents = capture(self.module, get_client(self.module), dict(self.params, version=None))
+            deployed_id = result["deployed_id"] = release["id"]
+            result["deployed"] = summary(release)
+            # What runs but was never recorded counts as the latest deploy for `previous`.
+            result["previous"] = summary(by_id.get(ledger.previous_id(deployed_id)))
+        if self.params.get("target"):
+            release, _contents = load_target(self.module, ledger, self.params["target"], self.params, deployed_id)
+            result["target"] = summary(release)
+        return result
+
+
+def main():
+    argument_spec = dict(
+        project_src=dict(type="path"),
+        project_name=dict(type="str"),
+        files=dict(type="list", elements="path"),
+        env_files=dict(type="list", elements="path"),
+        ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
+        target=dict(type="str"),
+        compare_deployed=dict(type="bool", default=False),
+    )
+    argument_spec.update(DOCKER_COMMON_ARGS)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_one_of=[("project_src", "project_name")],
+        supports_check_mode=True,
+    )
+    try:
+        result = ReleaseLister(module).run()
+    except (LedgerError, ComposeError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
