@@ -1,0 +1,179 @@
+"""Release ledger against real stacks: record, list, resolve, restore, lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import testbed
+
+COMPOSE = """\
+services:
+  app:
+    image: {app}:${{APP_TAG}}
+    environment:
+      APP_SECRET: ${{APP_SECRET}}
+    ports:
+      - "127.0.0.1:{port}:8080"
+"""
+
+
+@pytest.fixture
+def app_stack(compose_stack, images, free_port, tmp_path):
+    port = free_port()
+    stack = compose_stack(
+        COMPOSE.format(app=images["APP_IMAGE"], port=port), {".env": "APP_TAG=v1\nAPP_SECRET=hunter2\n"}
+    )
+    stack.port = port
+    stack.ledger = str(tmp_path / "ledger")
+    stack.up()
+    return stack
+
+
+def deploy(stack, tag):
+    (stack.dir / ".env").write_text("APP_TAG=%s\nAPP_SECRET=hunter2-%s\n" % (tag, tag))
+    stack.up()
+    testbed.wait_http("http://127.0.0.1:%d/version" % stack.port, body_contains=tag)
+
+
+def record(run_module, stack, **extra):
+    args = dict(project_src=str(stack.dir), project_name=stack.name, ledger_dir=stack.ledger)
+    args.update(extra)
+    return run_module("compose_release", args)
+
+
+def info(run_module, stack, **extra):
+    args = dict(project_src=str(stack.dir), project_name=stack.name, ledger_dir=stack.ledger)
+    args.update(extra)
+    return run_module("compose_release_info", args)
+
+
+def test_record_is_idempotent_and_private(run_module, app_stack):
+    first = record(run_module, app_stack, version="v1")
+    assert first["changed"] and first["new_release"], first
+    assert first["release"]["images"]["app"].startswith(testbed.IMAGES["APP_IMAGE"] + "@sha256:")
+    again = record(run_module, app_stack, version="v1")
+    assert not again["changed"], again
+    assert again["release_id"] == first["release_id"]
+    # The ledger keeps secrets: nothing in it is readable by others.
+    for root, dirs, files in os.walk(app_stack.ledger):
+        for name in dirs + files:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
+            assert mode & 0o077 == 0, "%s is %o" % (os.path.join(root, name), mode)
+    assert "hunter2" not in json.dumps(first)
+
+
+def test_previous_and_restore_put_back_files_and_digests(run_module, app_stack):
+    v1 = record(run_module, app_stack, version="v1")["release_id"]
+    deploy(app_stack, "v2")
+    v2 = record(run_module, app_stack, version="v2")["release_id"]
+    assert v1 != v2
+    listing = info(run_module, app_stack, target="previous", compare_deployed=True)
+    assert listing["current"]["id"] == v2
+    assert listing["previous"]["id"] == v1
+    assert listing["target"]["id"] == v1
+    assert listing["deployed_id"] == v2
+
+    env_before = (app_stack.dir / ".env").read_text()
+    checked = testbed.run_module(
+        "compose_release",
+        dict(
+            project_src=str(app_stack.dir),
+            project_name=app_stack.name,
+            ledger_dir=app_stack.ledger,
+            state="restored",
+            release="previous",
+        ),
+        check=True,
+        diff=True,
+    )
+    assert checked["changed"], checked
+    assert (app_stack.dir / ".env").read_text() == env_before, "check mode wrote a file"
+    assert "hunter2" not in json.dumps(checked), "the env file's content leaked into the output"
+
+    restored = run_module(
+        "compose_release",
+        dict(
+            project_src=str(app_stack.dir),
+            project_name=app_stack.name,
+            ledger_dir=app_stack.ledger,
+            state="restored",
+            release="previous",
+        ),
+    )
+    assert restored["changed"] and restored["pinned"], restored
+    assert (app_stack.dir / ".env").read_text() == "APP_TAG=v1\nAPP_SECRET=hunter2\n"
+    pin = json.loads(Path(restored["compose_files"][-1]).read_text())
+    assert pin["services"]["app"]["image"] == v1_digest(run_module, app_stack, v1)
+    again = run_module(
+        "compose_release",
+        dict(
+            project_src=str(app_stack.dir),
+            project_name=app_stack.name,
+            ledger_dir=app_stack.ledger,
+            state="restored",
+            release=v1,
+        ),
+    )
+    assert not again["changed"], again
+
+
+def v1_digest(run_module, stack, release_id):
+    listing = info(run_module, stack)
+    return next(r for r in listing["releases"] if r["id"] == release_id)["services"]["app"]["repo_digest"]
+
+
+def test_git_ref_resolves_to_the_release_recorded_from_it(run_module, app_stack):
+    git = ["git", "-C", str(app_stack.dir), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "compose.yml", ".env"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    v1 = record(run_module, app_stack, version="v1")
+    assert v1["release"]["git"]["commit"]
+    deploy(app_stack, "v2")
+    subprocess.run([*git, "commit", "-qam", "v2"], check=True)
+    record(run_module, app_stack, version="v2")
+    listing = info(run_module, app_stack, target="HEAD~1")
+    assert listing["target"]["id"] == v1["release_id"]
+
+
+def test_unknown_target_is_a_clear_error(run_module, app_stack):
+    record(run_module, app_stack)
+    result = info(run_module, app_stack, target="0123456789ab")
+    assert result.get("failed"), result
+    assert "neither a release id" in result["msg"] and app_stack.name in result["msg"]
+
+
+def test_no_previous_release_is_a_clear_error(run_module, app_stack):
+    record(run_module, app_stack)
+    result = info(run_module, app_stack, target="previous")
+    assert result.get("failed"), result
+    assert "has no previous release" in result["msg"]
+
+
+def test_recording_an_undeployed_project_fails_and_writes_nothing(run_module, app_stack):
+    app_stack.compose("down", "-t", "1")
+    result = record(run_module, app_stack)
+    assert result.get("failed"), result
+    assert "have no container" in result["msg"]
+    assert not os.path.exists(os.path.join(app_stack.ledger, "projects", app_stack.name, "releases"))
+
+
+def test_lock_names_its_holder(run_module, tmp_path):
+    ledger = str(tmp_path / "ledger")
+    first = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-1", holder="alice's play"))
+    assert first["changed"], first
+    again = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-1", holder="alice's play"))
+    assert not again["changed"], again
+    other = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-2", holder="bob's play"))
+    assert other.get("failed"), other
+    assert "alice's play" in other["msg"] and "another rollback holds the lock" in other["msg"]
+    wrong = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-2", state="absent"))
+    assert wrong.get("failed") and "not removing it" in wrong["msg"], wrong
+    released = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-1", state="absent"))
+    assert released["changed"], released
+    assert run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-2"))["changed"]
