@@ -4,7 +4,7 @@
 # rebuilt when its package list changes, and docker build reuses its layer cache.
 #
 # Images (all names are in images.env, which tests read too):
-#   $REGISTRY/stackops/app:v1, :v2, :latest (latest = v2 unless a test moves it)
+#   $REGISTRY/stackops/app:v1, :v2, :v3, :broken (/health fails), :latest (= v2)
 #   $REGISTRY/stackops/postgres:15, $REGISTRY/stackops/caddy:2.6, $REGISTRY/stackops/busybox:1
 #   stackops-testbed/testhost:latest (Docker-in-Docker host for Molecule and fleets)
 set -euo pipefail
@@ -89,6 +89,8 @@ build_all() {
     build "$APP_IMAGE:v1" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v1
     build "$APP_IMAGE:v2" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v2
     build "$APP_IMAGE:v3" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v3
+    build "$APP_IMAGE:broken" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=broken \
+        --build-arg APP_FAIL_HEALTH=1
     docker tag "$APP_IMAGE:v2" "$APP_IMAGE:latest"
     build "$POSTGRES_IMAGE" "$here/images/postgres" --build-arg "BASE=$postgres"
     build "$CADDY_IMAGE" "$here/images/caddy" --build-arg "BASE=$caddy"
@@ -106,11 +108,11 @@ build_all() {
     rm -rf "$ctx"
 
     local image
-    for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$APP_IMAGE:latest" \
+    for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$APP_IMAGE:broken" "$APP_IMAGE:latest" \
         "$POSTGRES_IMAGE" "$CADDY_IMAGE" "$BUSYBOX_IMAGE"; do
         push "$image"
     done
-    log "images ready: app v1/v2/v3, postgres, caddy, busybox pushed to $REGISTRY; $TESTHOST_IMAGE local"
+    log "images ready: app v1/v2/v3/broken, postgres, caddy, busybox pushed to $REGISTRY; $TESTHOST_IMAGE local"
 }
 
 build_all

@@ -83,6 +83,16 @@ def http_get(url, timeout=2.0):
         return 0, str(exc)
 
 
+def http_post(url, body, timeout=5.0):
+    """(status, body) of a POST with a text body."""
+    req = urllib.request.Request(url, data=body.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
 def wait_http(url, expect_status=200, body_contains=None, timeout=60.0, interval=0.25):
     deadline = time.monotonic() + timeout
     last = None
