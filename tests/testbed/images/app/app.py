@@ -7,6 +7,7 @@ psycopg2 from Debian only.
 
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,7 +82,14 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(201, json.dumps({"id": new_id}), "application/json")
 
 
+def stop(signum, frame):
+    # As PID 1 the default SIGTERM action is "ignore": exit like a real service would.
+    print("app %s stopping on signal %d" % (VERSION, signum), flush=True)
+    sys.exit(0)
+
+
 def main():
+    signal.signal(signal.SIGTERM, stop)
     print("app %s starting" % VERSION, flush=True)
     if CRASH_ON_START:
         print("FATAL: crashing on start on purpose", flush=True)
