@@ -1,0 +1,272 @@
+"""The recreate role and playbooks/rollback_recreate.yml against real stacks (app + PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import testbed
+
+PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
+DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
+LEDGER = Path("/var/lib/stackops-rollback")
+
+SHOP = """\
+services:
+  db:
+    image: {postgres}
+    environment:
+      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
+      POSTGRES_DB: shop
+    volumes:
+      - dbdata:/var/lib/postgresql/data
+  app:
+    image: {app}:${{APP_TAG}}
+    env_file:
+      - path: ./app-extra.env
+        required: false
+    environment:
+      DATABASE_URL: postgresql://postgres:${{DB_PASSWORD}}@db/shop
+      APP_SECRET: ${{APP_SECRET}}
+    ports:
+      - "127.0.0.1:{port}:8080"
+    depends_on:
+      db:
+        condition: service_healthy
+volumes:
+  dbdata:
+"""
+
+
+class Shop:
+    def __init__(self, stack, port, tmp_path):
+        self.stack = stack
+        self.port = port
+        self.url = "http://127.0.0.1:%d" % port
+        self.backups = tmp_path / "backups"
+        self.inventory = tmp_path / "inventory.ini"
+        self.inventory.write_text(
+            "[shops]\nlocalhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable
+        )
+
+    @property
+    def dir(self):
+        return self.stack.dir
+
+    def deploy(self, tag, record=True, secret=None):
+        env = self.dir / ".env"
+        env.write_text("APP_TAG=%s\nDB_PASSWORD=pw-shop\nAPP_SECRET=%s\n" % (tag, secret or "secret-" + tag))
+        env.chmod(0o600)
+        self.stack.up()
+        testbed.wait_http(self.url + "/version", body_contains=tag)
+        if record:
+            result = testbed.run_module(
+                "compose_release", dict(project_src=str(self.dir), project_name=self.stack.name, version=tag)
+            )
+            assert not result.get("failed"), result
+            return result["release_id"]
+        return None
+
+    def write(self, body):
+        status, _ = testbed.http_post(self.url + "/records", body)
+        assert status == 201
+
+    def version(self):
+        return testbed.http_get(self.url + "/version")[1].strip()
+
+    def rows(self):
+        status, body = testbed.http_get(self.url + "/records")
+        assert status == 200, body
+        return [r["body"] for r in json.loads(body)]
+
+    def rollback(self, check=False, diff=False, **variables):
+        extra = {
+            "recreate_project_src": str(self.dir),
+            "recreate_backup_dir": str(self.backups),
+            "recreate_health_http": [{"url": self.url + "/health", "successes": 2}],
+            "recreate_health_timeout": 60,
+        }
+        extra.update(variables)
+        args = ["--diff"] if diff else []
+        return testbed.run_playbook(PLAYBOOK, extra, inventory=str(self.inventory), check=check, extra_args=args)
+
+    def info(self, **extra):
+        return testbed.run_module(
+            "compose_release_info", dict(project_src=str(self.dir), project_name=self.stack.name, **extra)
+        )
+
+    def audit(self):
+        path = LEDGER / "audit.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(x) for x in lines if json.loads(x).get("project") == self.stack.name]
+
+
+@pytest.fixture
+def shop(compose_stack, images, free_port, tmp_path):
+    port = free_port()
+    stack = compose_stack(SHOP.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port))
+    yield Shop(stack, port, tmp_path)
+    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+def recap_changed(result):
+    line = next(x for x in result.stdout.splitlines() if x.startswith("localhost") and "changed=" in x)
+    return int(line.split("changed=")[1].split()[0])
+
+
+def test_rollback_to_previous_keeps_every_row_and_is_idempotent(shop):
+    v1 = shop.deploy("v1")
+    shop.write("before v2")
+    v2 = shop.deploy("v2")
+    shop.write("written by v2")
+
+    result = shop.rollback()
+    assert_ok(result)
+    assert shop.version() == "v1"
+    assert shop.rows() == ["before v2", "written by v2"]
+    assert "rolled back from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
+    assert "backups: %s" % shop.backups in result.stdout
+    listing = shop.info()
+    assert listing["current"]["id"] == v1
+    assert listing["history"][-1]["event"] == "rollback"
+    assert [e["event"] for e in shop.audit()] == ["rollback"]
+    assert float(listing["history"][-1]["details"]["downtime_seconds"]) > 0
+
+    again = shop.rollback()
+    assert_ok(again)
+    assert "already on release %s" % v1 in again.stdout
+    assert recap_changed(again) == 0, again.stdout[-3000:]
+
+
+@pytest.mark.parametrize("target_kind", ["release_id", "git_ref"])
+def test_rollback_to_a_named_release(shop, target_kind):
+    git = ["git", "-C", str(shop.dir), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    v1 = shop.deploy("v1", secret="first")
+    subprocess.run([*git, "add", "compose.yml", ".env"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    shop.deploy("v2")
+    subprocess.run([*git, "commit", "-qam", "v2"], check=True)
+    shop.deploy("v3")
+    target = v1 if target_kind == "release_id" else "HEAD~1"
+
+    result = shop.rollback(recreate_target=target)
+    assert_ok(result)
+    assert shop.version() == "v1"
+    # The target's .env came back with it (not only its image).
+    assert (shop.dir / ".env").read_text() == "APP_TAG=v1\nDB_PASSWORD=pw-shop\nAPP_SECRET=first\n"
+    assert shop.info()["current"]["id"] == v1
+
+
+def test_mutable_tag_moved_since_still_brings_back_the_old_image(shop, images):
+    repo = "%s/stackops/app-mutable-%s" % (images["REGISTRY"], testbed.unique_name("t"))
+    try:
+        testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v1", repo + ":latest"])
+        testbed.run(["docker", "push", "-q", repo + ":latest"])
+        compose = (shop.dir / "compose.yml").read_text().replace(images["APP_IMAGE"] + ":${APP_TAG}", repo + ":latest")
+        shop.stack.write(compose)
+        shop.deploy("latest", record=False)
+        assert shop.version() == "v1"
+        testbed.run_module("compose_release", dict(project_src=str(shop.dir), project_name=shop.stack.name))
+        # `latest` moves to v2 in the registry, as in the operators' reports.
+        testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v2", repo + ":latest"])
+        testbed.run(["docker", "push", "-q", repo + ":latest"])
+        shop.stack.compose("up", "-d", "--pull", "always", "--wait")
+        assert shop.version() == "v2"
+        testbed.run_module("compose_release", dict(project_src=str(shop.dir), project_name=shop.stack.name))
+
+        result = shop.rollback()
+        assert_ok(result)
+        assert shop.version() == "v1", "the rollback followed the moved tag"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", repo + ":latest"], capture_output=True, check=False)
+
+
+def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
+    shop.deploy("v1")
+    # Config drift outside the recorded files: v1 now crashes on start.
+    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=0\n")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
+
+    result = shop.rollback(recreate_health_timeout=20)
+    assert result.returncode != 0
+    assert "FAILED at step 'start'" in result.stdout
+    assert "put back on release %s and it serves again (verified)" % v2 in result.stdout
+    assert shop.version() == "v2"
+    assert shop.rows() == ["row 1", "row 2"]
+    listing = shop.info()
+    assert listing["current"]["id"] == v2
+    assert shop.audit()[-1]["event"] == "failed_rollback"
+    assert listing["lock"] is None, "the lock was not released"
+
+
+def test_target_that_fails_verification_is_reverted(shop):
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    result = shop.rollback(
+        recreate_health_timeout=10,
+        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+    )
+    assert result.returncode != 0
+    assert "FAILED at step 'verify'" in result.stdout
+    assert "put back on release %s" % v2 in result.stdout
+    assert shop.version() == "v2"
+    assert shop.rows() == ["row 1"]
+
+
+def test_second_rollback_of_the_same_project_is_refused(shop):
+    shop.deploy("v1")
+    shop.deploy("v2")
+    held = testbed.run_module(
+        "rollback_lock", dict(project=shop.stack.name, token="other-run", holder="carol's rollback")
+    )
+    assert held["changed"], held
+    result = shop.rollback()
+    assert result.returncode != 0
+    assert "carol's rollback" in result.stdout and "another rollback holds the lock" in result.stdout
+    assert shop.version() == "v2"
+    testbed.run_module("rollback_lock", dict(project=shop.stack.name, token="other-run", state="absent"))
+
+
+def test_check_mode_prints_the_plan_and_changes_nothing(shop):
+    v1 = shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    env_before = (shop.dir / ".env").read_text()
+    history_before = shop.info()["history"]
+    result = shop.rollback(check=True, diff=True)
+    assert_ok(result)
+    assert "from release %s (v2)" % v2 in result.stdout
+    assert "to   release %s (v1)" % v1 in result.stdout
+    assert "volumes to back up: %s_dbdata" % shop.stack.name in result.stdout
+    assert "would roll back from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
+    assert "secret-v1" not in result.stdout and "secret-v2" not in result.stdout
+    assert shop.version() == "v2"
+    assert (shop.dir / ".env").read_text() == env_before
+    assert shop.info()["history"] == history_before
+    assert not shop.backups.exists() or not any(shop.backups.iterdir())
+
+
+def test_deploy_example_rolls_back_by_itself_when_the_new_version_fails(shop):
+    common = {"shop_dir": str(shop.dir), "shop_health_url": shop.url + "/health"}
+    (shop.dir / ".env").write_text("APP_TAG=v1\nDB_PASSWORD=pw-shop\nAPP_SECRET=s\n")
+    first = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="v1"), inventory=str(shop.inventory))
+    assert_ok(first)
+    shop.write("kept")
+    broken = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="broken"), inventory=str(shop.inventory))
+    assert broken.returncode != 0
+    assert "broken did not pass its health check" in broken.stdout
+    assert "the shop was rolled back to release" in broken.stdout
+    assert shop.version() == "v1"
+    assert shop.rows() == ["kept"]
