@@ -48,6 +48,26 @@ class LedgerError(Exception):
     """Bad input or a ledger that cannot be used; the message says what to do."""
 
 
+class LockHeld(LedgerError):
+    """Another run holds the project's lock; `holder` is its record."""
+
+    def __init__(self, ledger, holder):
+        self.holder = holder
+        super().__init__(
+            "another rollback holds the lock of project %s: %s (since %s, controller %s pid %s, lock file %s). "
+            "Wait for it to finish; if it died on another controller, remove the lock with "
+            "stackops.rollback.rollback_lock state=absent force=true"
+            % (
+                ledger.project,
+                holder.get("holder", "?"),
+                holder.get("since", "?"),
+                holder.get("controller", "?"),
+                holder.get("controller_pid", "?"),
+                ledger.lock_path,
+            )
+        )
+
+
 def utcnow():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -288,26 +308,51 @@ class Ledger:
         except ValueError:
             return {"holder": "unknown (damaged lock file %s)" % self.lock_path}
 
-    def acquire(self, holder):
-        """Take the project's lock; raise LedgerError naming the holder when it is taken."""
+    def acquire(self, holder, takeover_token=None):
+        """Take the project's lock; raise LockHeld naming the holder when it is taken.
+
+        Returns (changed, record taken over or None). The same token taking the lock again
+        changes nothing; `takeover_token` replaces a lock whose holder is known to be dead,
+        and the dead run's record (its plan and phase) is returned so the new run can resume.
+        """
         self.ensure_dirs()
         data = dict(holder, host=socket.gethostname(), since=utcnow())
+        current = self.lock_holder()
+        if current is not None:
+            if current.get("token") and current.get("token") == holder.get("token"):
+                return False, None  # ours already: a re-run of the same play
+            if not (takeover_token and current.get("token") == takeover_token):
+                raise LockHeld(self, current)
+            data["resumes"] = {k: v for k, v in current.items() if k != "resumes"}
+            self._write_lock(data)
+            return True, current
         try:
             fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            current = self.lock_holder() or {}
-            if current.get("token") and current.get("token") == holder.get("token"):
-                return False  # ours already: a re-run of the same play
-            raise LedgerError(
-                "another rollback holds the lock of project %s: %s (since %s, lock file %s). Wait for it "
-                "to finish; if it died, remove the lock with stackops.rollback.rollback_lock state=absent force=true"
-                % (self.project, current.get("holder", "?"), current.get("since", "?"), self.lock_path)
-            ) from None
+            raise LockHeld(self, self.lock_holder() or {}) from None
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
+        return True, None
+
+    def update_lock(self, token, data):
+        """Merge data (the plan, the phase reached) into the lock this token holds."""
+        current = self.lock_holder()
+        if current is None or current.get("token") != token:
+            raise LedgerError(
+                "project %s's lock is not held by this run (holder: %s); not updating it"
+                % (self.project, (current or {}).get("holder", "nobody"))
+            )
+        merged = dict(current)
+        merged.update(data)
+        if merged == current:
+            return False
+        self._write_lock(merged)
         return True
+
+    def _write_lock(self, data):
+        atomic_write(self.lock_path, (json.dumps(data, sort_keys=True)).encode(), 0o600)
 
     def release_lock(self, token=None, force=False):
         current = self.lock_holder()

@@ -8,17 +8,25 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: rollback_lock
-short_description: Take or release the per-project rollback lock on a host
+short_description: Take, update or release the per-project rollback lock on a host
 version_added: 1.0.0
 description:
   - Makes sure only one rollback works on a compose project of a host at a time. The lock is a
     file in the release ledger, created exclusively; a second rollback fails with a message that
-    names the holder and since when it holds the lock.
+    names the holder, its controller and process, and since when it holds the lock.
+  - The lock also records the run's plan and the phase it reached (O(data)). When a run dies, the
+    next run on the same controller sees that the holder's process is gone, takes the lock over,
+    and gets the dead run's record back in RV(resumed) so it can finish or undo its work.
   - The same O(token) taking the lock again succeeds without change, so a re-run of the same play
     is not locked out by itself.
 author:
   - stackops.rollback developers
 attributes:
+  action:
+    support: full
+    details:
+      - The action plugin adds the controller's name and process id, and checks whether a holder
+        on this controller is still alive.
   check_mode:
     support: full
     details: Reports whether the lock is free; takes and releases nothing.
@@ -40,7 +48,7 @@ options:
     default: /var/lib/stackops-rollback
   state:
     description:
-      - V(present) takes the lock, V(absent) releases it.
+      - V(present) takes the lock (or updates O(data) when this O(token) holds it), V(absent) releases it.
     type: str
     choices: [present, absent]
     default: present
@@ -54,11 +62,27 @@ options:
       - Identifies this run; only the same token releases the lock unless O(force=true).
     type: str
     required: true
+  data:
+    description:
+      - Facts to keep in the lock while it is held, such as the plan and the phase reached.
+    type: dict
   force:
     description:
-      - Release the lock whoever holds it (after a run that died).
+      - Release the lock whoever holds it (after a run that died on another controller).
     type: bool
     default: false
+  controller:
+    description:
+      - Name of the controller that runs the play. Set by the action plugin.
+    type: str
+  controller_pid:
+    description:
+      - Process id of the play on the controller. Set by the action plugin.
+    type: int
+  takeover_token:
+    description:
+      - Take over a lock held by this token (a run known to be dead). Set by the action plugin.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -67,6 +91,14 @@ EXAMPLES = r"""
     project: shop
     holder: "deploy play by {{ lookup('ansible.builtin.env', 'USER') }}"
     token: "{{ shop_run_token }}"
+  register: shop_lock
+
+- name: Remember the plan and the phase reached in the lock
+  stackops.rollback.rollback_lock:
+    project: shop
+    token: "{{ shop_run_token }}"
+    data:
+      phase: switched
 
 - name: Release it
   stackops.rollback.rollback_lock:
@@ -77,13 +109,22 @@ EXAMPLES = r"""
 
 RETURN = r"""
 holder:
-  description: The lock's holder after the task (V(null) when free).
+  description: The lock's record after the task (V(null) when free).
+  returned: success
+  type: dict
+resumed:
+  description: The record of a dead run whose lock this run took over (its data, phase and plan), else V(null).
   returned: success
   type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, Ledger, LedgerError
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
+    DEFAULT_LEDGER_DIR,
+    Ledger,
+    LedgerError,
+    LockHeld,
+)
 
 
 def main():
@@ -94,27 +135,44 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             holder=dict(type="str", default="a stackops.rollback run"),
             token=dict(type="str", required=True, no_log=False),
+            data=dict(type="dict"),
             force=dict(type="bool", default=False),
+            controller=dict(type="str"),
+            controller_pid=dict(type="int"),
+            takeover_token=dict(type="str", no_log=False),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    ledger = None
     try:
         ledger = Ledger(p["ledger_dir"], p["project"])
         current = ledger.lock_holder()
+        resumed = None
         if p["state"] == "present":
+            ours = current is not None and current.get("token") == p["token"]
             if module.check_mode:
-                if current and current.get("token") != p["token"]:
-                    ledger.acquire({"holder": p["holder"], "token": p["token"]})  # raises, naming the holder
-                module.exit_json(changed=current is None, holder=current)
-            changed = ledger.acquire({"holder": p["holder"], "token": p["token"]})
+                if current and not ours and current.get("token") != p["takeover_token"]:
+                    raise LockHeld(ledger, current)
+                module.exit_json(changed=not ours, holder=current, resumed=None)
+            record = {
+                "holder": p["holder"],
+                "token": p["token"],
+                "controller": p["controller"],
+                "controller_pid": p["controller_pid"],
+            }
+            changed, resumed = ledger.acquire(dict(record, **(p["data"] or {})), p["takeover_token"])
+            if not changed and p["data"]:
+                changed = ledger.update_lock(p["token"], p["data"])
         else:
             if module.check_mode:
-                module.exit_json(changed=current is not None, holder=None)
+                module.exit_json(changed=current is not None, holder=None, resumed=None)
             changed = ledger.release_lock(p["token"], p["force"])
+    except LockHeld as exc:
+        module.fail_json(msg=str(exc), holder=exc.holder, lock_held=True)
     except LedgerError as exc:
-        module.fail_json(msg=str(exc), holder=ledger.lock_holder() if "ledger" in locals() else None)
-    module.exit_json(changed=changed, holder=ledger.lock_holder())
+        module.fail_json(msg=str(exc), holder=ledger.lock_holder() if ledger else None)
+    module.exit_json(changed=changed, holder=ledger.lock_holder(), resumed=resumed)
 
 
 if __name__ == "__main__":

@@ -163,17 +163,43 @@ def test_recording_an_undeployed_project_fails_and_writes_nothing(run_module, ap
     assert not os.path.exists(os.path.join(app_stack.ledger, "projects", app_stack.name, "releases"))
 
 
-def test_lock_names_its_holder(run_module, tmp_path):
+def lock(run_module, ledger, token, **extra):
+    return run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token=token, **extra))
+
+
+def test_lock_names_its_live_holder(run_module, tmp_path):
     ledger = str(tmp_path / "ledger")
-    first = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-1", holder="alice's play"))
+    # This test process stands for a play that is still running on this controller.
+    alive = dict(holder="alice's play", controller_pid=os.getpid())
+    first = lock(run_module, ledger, "run-1", **alive)
     assert first["changed"], first
-    again = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-1", holder="alice's play"))
-    assert not again["changed"], again
-    other = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-2", holder="bob's play"))
+    assert not lock(run_module, ledger, "run-1", **alive)["changed"]
+    other = lock(run_module, ledger, "run-2", holder="bob's play")
     assert other.get("failed"), other
     assert "alice's play" in other["msg"] and "another rollback holds the lock" in other["msg"]
-    wrong = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-2", state="absent"))
+    wrong = lock(run_module, ledger, "run-2", state="absent")
     assert wrong.get("failed") and "not removing it" in wrong["msg"], wrong
-    released = run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-1", state="absent"))
-    assert released["changed"], released
-    assert run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token="run-2"))["changed"]
+    assert lock(run_module, ledger, "run-1", state="absent")["changed"]
+    assert lock(run_module, ledger, "run-2")["changed"]
+
+
+def test_lock_of_a_dead_run_is_taken_over_with_its_record(run_module, tmp_path):
+    ledger = str(tmp_path / "ledger")
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    held = lock(run_module, ledger, "run-1", controller_pid=finished.pid, data={"phase": "switched", "to": "abc"})
+    assert held["changed"], held
+    taken = lock(run_module, ledger, "run-2", holder="the next run")
+    assert taken["changed"] and "took over the lock of a run that died" in taken["msg"], taken
+    assert taken["resumed"]["phase"] == "switched" and taken["resumed"]["to"] == "abc"
+    assert taken["holder"]["token"] == "run-2"
+
+
+def test_lock_of_another_controller_is_not_taken_over(run_module, tmp_path):
+    ledger = str(tmp_path / "ledger")
+    held = lock(run_module, ledger, "run-1", controller="elsewhere", controller_pid=1)
+    assert held["changed"], held
+    refused = lock(run_module, ledger, "run-2")
+    assert refused.get("failed") and "controller elsewhere" in refused["msg"], refused
+    forced = lock(run_module, ledger, "run-2", state="absent", force=True)
+    assert forced["changed"], forced
