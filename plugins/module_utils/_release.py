@@ -369,5 +369,59 @@ def load_target(module, ledger, target, params, deployed_now=None):
     return release, contents
 
 
+def ensure_images(client, release, check_mode=False):
+    """Make sure every image of a release is on the host; returns (pulled, present).
+
+    Recorded images are pulled by digest when missing; a release read from git follows its
+    tags and is pulled always (the field guide's `docker compose pull`); an image built on the
+    host (no registry digest) cannot be pulled and must still be there.
+    """
+    pulled, present, missing = [], [], []
+    for name, svc in sorted(release.get("services", {}).items()):
+        ref = svc.get("repo_digest") or (None if svc.get("image_id") else svc.get("image"))
+        # What the pin will ask the engine for: the digest reference, else the image id.
+        local = svc.get("repo_digest") or svc.get("image_id")
+        if local and image_exists(client, local):
+            present.append(name)
+            continue
+        if not ref:
+            missing.append("%s (%s)" % (name, svc.get("image_id")))
+            continue
+        if not check_mode:
+            repo, _sep, digest_or_tag = ref.partition("@")
+            if not digest_or_tag:
+                repo, digest_or_tag = split_tag(ref)
+            try:
+                client.images.pull(repo, tag=digest_or_tag)
+            except Exception as exc:
+                raise LedgerError(
+                    "cannot pull image %s of service %s: %s. Nothing was stopped; make the image reachable "
+                    "(registry up, credentials) and run again" % (ref, name, exc)
+                ) from exc
+        pulled.append(name)
+    if missing:
+        raise LedgerError(
+            "images of release %s were built on the host, have no registry digest and are no longer there: %s. "
+            "Rebuild or load them, then run again; nothing was stopped" % (release.get("id"), ", ".join(missing))
+        )
+    return pulled, present
+
+
+def image_exists(client, ref):
+    try:
+        client.images.get(ref)
+    except Exception:  # noqa: BLE001 - not found, or a reference the engine cannot resolve
+        return False
+    return True
+
+
+def split_tag(ref):
+    """'reg:5000/app:v1' -> ('reg:5000/app', 'v1'); no tag -> latest."""
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        return ref[: len(ref) - len(last) + last.index(":")], last[last.index(":") + 1 :]
+    return ref, "latest"
+
+
 def dumps(data):
     return json.dumps(data, sort_keys=True)

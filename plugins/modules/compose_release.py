@@ -21,6 +21,9 @@ description:
     git for a git ref that was never recorded) into O(project_src), each file atomically, and writes a
     compose override that pins every service to the image digest it ran with. Mutable tags such as
     C(latest) cannot bring back the wrong image.
+  - With O(state=pulled), makes sure every image of O(release) is on the host: recorded images are
+    pulled by digest when missing, a release read from git is pulled by tag, and an image that was
+    built on the host must still be there. Roles call it before anything stops.
   - The ledger, its file copies and restored env files are never readable by others.
 author:
   - stackops.rollback developers
@@ -62,9 +65,10 @@ options:
     default: /var/lib/stackops-rollback
   state:
     description:
-      - V(present) records the deployed release; V(restored) puts the files of O(release) back.
+      - V(present) records the deployed release; V(restored) puts the files of O(release) back;
+        V(pulled) makes sure the images of O(release) are on the host.
     type: str
-    choices: [present, restored]
+    choices: [present, restored, pulled]
     default: present
   version:
     description:
@@ -89,7 +93,7 @@ options:
     type: str
   release:
     description:
-      - For O(state=restored), the release to put back - V(previous), V(current), a release id, or a git ref.
+      - For O(state=restored) and O(state=pulled), the release - V(previous), V(current), a release id, or a git ref.
     type: str
   docker_host:
     description:
@@ -182,6 +186,16 @@ written:
   returned: state=restored
   type: list
   elements: str
+pulled:
+  description: Services whose image was pulled (or would be, in check mode).
+  returned: state=pulled
+  type: list
+  elements: str
+present:
+  description: Services whose image was on the host already.
+  returned: state=pulled
+  type: list
+  elements: str
 """
 
 import os
@@ -200,6 +214,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
 from ansible_collections.stackops.rollback.plugins.module_utils._release import (
     apply_checkout,
     capture,
+    ensure_images,
     load_target,
     plan_checkout,
     project_file_names,
@@ -285,6 +300,16 @@ class ReleaseRecorder:
         if self.module._diff and changed:
             self.results["diff"] = diff
 
+    def pull(self):
+        project_src = self.params["project_src"]
+        project = self.params.get("project_name") or self.project_name_of(project_src)
+        ledger = self.ledger_for(project)
+        release, _contents = load_target(self.module, ledger, self.params.get("release"), self.params)
+        pulled, present = ensure_images(get_client(self.module), release, self.module.check_mode)
+        self.results.update(
+            changed=bool(pulled), release_id=release.get("id"), release=summary(release), pulled=pulled, present=present
+        )
+
     def project_name_of(self, project_src):
         from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
 
@@ -296,10 +321,15 @@ class ReleaseRecorder:
     def run(self):
         if self.params["state"] == "present":
             self.record()
-        else:
-            if not self.params.get("release"):
-                self.module.fail_json(msg="state=restored needs release: previous, current, a release id or a git ref")
+            return self.results
+        if not self.params.get("release"):
+            self.module.fail_json(
+                msg="state=%s needs release: previous, current, a release id or a git ref" % self.params["state"]
+            )
+        if self.params["state"] == "restored":
             self.restore()
+        else:
+            self.pull()
         return self.results
 
 
@@ -310,7 +340,7 @@ def main():
         files=dict(type="list", elements="path"),
         env_files=dict(type="list", elements="path"),
         ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
-        state=dict(type="str", choices=["present", "restored"], default="present"),
+        state=dict(type="str", choices=["present", "restored", "pulled"], default="present"),
         version=dict(type="str"),
         event=dict(type="str", choices=["deploy", "rollback", "failed_rollback"], default="deploy"),
         details=dict(type="dict"),

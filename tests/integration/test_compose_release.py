@@ -203,3 +203,27 @@ def test_lock_of_another_controller_is_not_taken_over(run_module, tmp_path):
     assert refused.get("failed") and "controller elsewhere" in refused["msg"], refused
     forced = lock(run_module, ledger, "run-2", state="absent", force=True)
     assert forced["changed"], forced
+
+
+def test_pulled_brings_back_a_removed_image_by_digest(run_module, compose_stack, images, free_port, tmp_path):
+    repo = "%s/stackops/app-pull-%s" % (images["REGISTRY"], testbed.unique_name("t"))
+    testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v1", repo + ":v1"])
+    testbed.run(["docker", "push", "-q", repo + ":v1"])
+    stack = compose_stack(COMPOSE.format(app=repo, port=free_port()), {".env": "APP_TAG=v1\nAPP_SECRET=x\n"})
+    stack.up()
+    ledger = str(tmp_path / "ledger")
+    args = dict(project_src=str(stack.dir), project_name=stack.name, ledger_dir=ledger)
+    recorded = run_module("compose_release", args)
+    digest = recorded["release"]["services"]["app"]["repo_digest"]
+    stack.compose("down", "-t", "1")
+    testbed.run(["docker", "rmi", repo + ":v1"])
+    try:
+        checked = testbed.run_module("compose_release", dict(args, state="pulled", release="current"), check=True)
+        assert checked["changed"] and checked["pulled"] == ["app"], checked
+        pulled = run_module("compose_release", dict(args, state="pulled", release="current"))
+        assert pulled["changed"] and pulled["pulled"] == ["app"], pulled
+        testbed.run(["docker", "image", "inspect", digest])
+        again = run_module("compose_release", dict(args, state="pulled", release="current"))
+        assert not again["changed"] and again["present"] == ["app"], again
+    finally:
+        subprocess.run(["docker", "rmi", "-f", repo + ":v1", digest], capture_output=True, check=False)
