@@ -1,0 +1,185 @@
+# Copyright (c) stackops.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The alternate ("green") copy of a compose project for a blue-green switch.
+
+From the resolved model of a project (`docker compose config --format json`) keep only the
+services that may run twice, move their published ports, and join the primary project's
+networks so that they reach the services that stay single (a database). Pure functions: the
+module feeds them the model and writes the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import socket
+
+
+class AlternateError(Exception):
+    """The project cannot be duplicated as asked; the message says why and what to do."""
+
+
+def named_volumes(service):
+    """Names of the named volumes a service mounts (bind mounts and tmpfs do not count)."""
+    names = []
+    for mount in service.get("volumes") or []:
+        if isinstance(mount, dict) and mount.get("type") == "volume" and mount.get("source"):
+            names.append(mount["source"])
+    return names
+
+
+def split_services(model, duplicable=None):
+    """(services that get a green copy, services that stay single)."""
+    services = model.get("services", {})
+    if duplicable:
+        unknown = sorted(set(duplicable) - set(services))
+        if unknown:
+            raise AlternateError(
+                "service(s) %s named as duplicable are not in the project (it has %s)"
+                % (", ".join(unknown), ", ".join(sorted(services)))
+            )
+        chosen = list(duplicable)
+    else:
+        chosen = [name for name, svc in services.items() if not named_volumes(svc)]
+    for name in chosen:
+        volumes = named_volumes(services[name])
+        if volumes:
+            raise AlternateError(
+                "refusing to start a second copy of service %s: it mounts the named volume(s) %s, which the "
+                "running copy uses (two database servers on one data directory corrupt it). Leave it out of "
+                "the duplicable services: it keeps running once and the green copies reach it"
+                % (name, ", ".join(volumes))
+            )
+        if services[name].get("container_name"):
+            raise AlternateError(
+                "service %s sets container_name %s: a second copy cannot have the same name; remove "
+                "container_name or leave the service out of the duplicable services"
+                % (name, services[name]["container_name"])
+            )
+    if not chosen:
+        raise AlternateError("no service of the project can be duplicated (every one mounts a named volume)")
+    single = sorted(set(services) - set(chosen))
+    return sorted(chosen), single
+
+
+def port_bindings(service):
+    """Published ports of a resolved service: list of dicts with target, published, host_ip, protocol."""
+    result = []
+    for port in service.get("ports") or []:
+        published = port.get("published")
+        if published in (None, ""):
+            continue
+        result.append(
+            {
+                "target": int(port["target"]),
+                "published": int(str(published).split("-")[0]),
+                "host_ip": port.get("host_ip") or "",
+                "protocol": port.get("protocol") or "tcp",
+            }
+        )
+    return result
+
+
+def port_is_free(port, host_ip=""):
+    """True when nothing listens on host_ip:port (tcp)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            # A port published on all interfaces is probed there; the socket closes at once.
+            sock.bind((host_ip or "0.0.0.0", port))  # noqa: S104
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def alternate_ports(model, services, offset=None, port_map=None, is_free=port_is_free):
+    """Map each published port of the duplicable services to its alternate; check they are free."""
+    port_map = {int(k): int(v) for k, v in (port_map or {}).items()}
+    mapping = []
+    for name in services:
+        for binding in port_bindings(model["services"][name]):
+            alt = port_map.get(binding["published"])
+            if alt is None:
+                if offset is None:
+                    raise AlternateError(
+                        "no alternate port for %s's published port %d: set a port offset or a port map"
+                        % (name, binding["published"])
+                    )
+                alt = binding["published"] + offset
+            if not 0 < alt < 65536:
+                raise AlternateError("alternate port %d for %s is out of range" % (alt, name))
+            mapping.append(dict(binding, service=name, alternate=alt))
+    used = [m["alternate"] for m in mapping]
+    duplicates = sorted({p for p in used if used.count(p) > 1})
+    if duplicates:
+        raise AlternateError("alternate port(s) %s given twice" % ", ".join(map(str, duplicates)))
+    busy = [m for m in mapping if m["protocol"] == "tcp" and not is_free(m["alternate"], m["host_ip"])]
+    if busy:
+        raise AlternateError(
+            "alternate port(s) already in use on the host: %s; free them or choose other ones"
+            % ", ".join(
+                "%s%d (for %s:%d)"
+                % (m["host_ip"] + ":" if m["host_ip"] else "", m["alternate"], m["service"], m["target"])
+                for m in busy
+            )
+        )
+    return mapping
+
+
+def alternate_model(model, primary_project, alternate_project, services, mapping):
+    """The green project's model: the duplicable services only, ports moved, networks shared."""
+    green = {"name": alternate_project, "services": {}}
+    networks = {}
+    for name in services:
+        svc = copy.deepcopy(model["services"][name])
+        svc.pop("container_name", None)
+        # Only the duplicable services are in this project: drop dependencies on the others
+        # (they run in the primary project and stay up).
+        depends = svc.get("depends_on") or {}
+        svc["depends_on"] = {dep: cond for dep, cond in depends.items() if dep in services}
+        if not svc["depends_on"]:
+            svc.pop("depends_on")
+        ports = []
+        for port in svc.get("ports") or []:
+            moved = next(
+                (
+                    m
+                    for m in mapping
+                    if m["service"] == name
+                    and m["target"] == int(port["target"])
+                    and m["published"] == int(str(port.get("published") or 0).split("-")[0] or 0)
+                ),
+                None,
+            )
+            if moved:
+                port = dict(port, published=str(moved["alternate"]))
+            ports.append(port)
+        if ports:
+            svc["ports"] = ports
+        for net in svc.get("networks") or {}:
+            networks[net] = True
+        green["services"][name] = svc
+    # The networks are the primary project's own, joined as external ones, so that the green
+    # copies resolve the single services (db) by their names.
+    for net in networks:
+        declared = (model.get("networks") or {}).get(net) or {}
+        green.setdefault("networks", {})[net] = {
+            "name": declared.get("name") or "%s_%s" % (primary_project, net),
+            "external": True,
+        }
+    return green
+
+
+def upstreams(mapping, service, target_port, host):
+    """(primary upstream, alternate upstream) of a service's container port, as host:port."""
+    for m in mapping:
+        if m["service"] == service and m["target"] == int(target_port):
+            return "%s:%d" % (host, m["published"]), "%s:%d" % (host, m["alternate"])
+    raise AlternateError(
+        "service %s publishes no port for container port %s, so the proxy cannot reach it; publish it or set "
+        "the proxied service and port" % (service, target_port)
+    )

@@ -1,0 +1,99 @@
+"""Unit tests of the green copy's rendering (pure: a resolved compose model in, a model out)."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.stackops.rollback.plugins.module_utils import _alternate
+from ansible_collections.stackops.rollback.plugins.module_utils._alternate import AlternateError
+
+
+def model():
+    return {
+        "name": "shop",
+        "services": {
+            "db": {
+                "image": "pg@sha256:1",
+                "volumes": [{"type": "volume", "source": "dbdata", "target": "/var/lib/postgresql/data"}],
+                "networks": {"default": None},
+            },
+            "app": {
+                "image": "app@sha256:2",
+                "depends_on": {"db": {"condition": "service_healthy"}},
+                "ports": [
+                    {"mode": "ingress", "host_ip": "127.0.0.1", "target": 8080, "published": "8080", "protocol": "tcp"}
+                ],
+                "volumes": [{"type": "bind", "source": "/srv/static", "target": "/static"}],
+                "networks": {"default": None},
+            },
+            "worker": {"image": "app@sha256:2", "networks": {"default": None}},
+        },
+        "networks": {"default": {"name": "shop_default"}},
+        "volumes": {"dbdata": {"name": "shop_dbdata"}},
+    }
+
+
+def always_free(port, host_ip=""):
+    return True
+
+
+def test_services_with_named_volumes_stay_single():
+    assert _alternate.split_services(model()) == (["app", "worker"], ["db"])
+
+
+def test_duplicating_a_service_with_a_named_volume_is_refused():
+    with pytest.raises(AlternateError, match=r"refusing to start a second copy of service db.*dbdata"):
+        _alternate.split_services(model(), ["app", "db"])
+
+
+def test_unknown_duplicable_service_is_named():
+    with pytest.raises(AlternateError, match=r"service\(s\) web named as duplicable"):
+        _alternate.split_services(model(), ["web"])
+
+
+def test_container_name_is_refused():
+    m = model()
+    m["services"]["app"]["container_name"] = "shop-app"
+    with pytest.raises(AlternateError, match="container_name shop-app"):
+        _alternate.split_services(m, ["app"])
+
+
+@pytest.mark.parametrize(
+    ("offset", "port_map", "expected"),
+    [(10000, None, 18080), (None, {8080: 9090}, 9090), (5, {"8080": "8181"}, 8181)],
+)
+def test_alternate_ports(offset, port_map, expected):
+    mapping = _alternate.alternate_ports(model(), ["app", "worker"], offset, port_map, is_free=always_free)
+    assert [(m["service"], m["published"], m["alternate"]) for m in mapping] == [("app", 8080, expected)]
+
+
+def test_busy_alternate_port_is_refused_with_its_number():
+    with pytest.raises(AlternateError, match=r"already in use on the host: 127\.0\.0\.1:18080 \(for app:8080\)"):
+        _alternate.alternate_ports(model(), ["app"], 10000, None, is_free=lambda port, host_ip="": False)
+
+
+def test_green_model_joins_the_primary_network_and_drops_single_dependencies():
+    m = model()
+    mapping = _alternate.alternate_ports(m, ["app", "worker"], 10000, None, is_free=always_free)
+    green = _alternate.alternate_model(m, "shop", "shop-green", ["app", "worker"], mapping)
+    assert green["name"] == "shop-green"
+    assert sorted(green["services"]) == ["app", "worker"]
+    assert "depends_on" not in green["services"]["app"]
+    assert green["services"]["app"]["ports"][0]["published"] == "18080"
+    assert green["networks"] == {"default": {"name": "shop_default", "external": True}}
+    assert m["services"]["app"]["ports"][0]["published"] == "8080", "the primary model was changed"
+
+
+def test_upstreams_of_the_proxied_service():
+    mapping = _alternate.alternate_ports(model(), ["app"], 10000, None, is_free=always_free)
+    assert _alternate.upstreams(mapping, "app", 8080, "127.0.0.1") == ("127.0.0.1:8080", "127.0.0.1:18080")
+    with pytest.raises(AlternateError, match="publishes no port for container port 9000"):
+        _alternate.upstreams(mapping, "app", 9000, "127.0.0.1")
+
+
+def test_port_in_use_is_detected():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        assert not _alternate.port_is_free(s.getsockname()[1], "127.0.0.1")
