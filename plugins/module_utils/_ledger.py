@@ -91,11 +91,17 @@ def pin_reference(service):
     return service.get("repo_digest") or service.get("image_id")
 
 
-def pin_document(release):
-    """A compose override (JSON is valid YAML) that pins every service of a release."""
+def pin_document(release, running_refs=None):
+    """A compose override (JSON is valid YAML) that pins every service of a release.
+
+    `running_refs` maps a service to the image reference its running container was started
+    with, when that reference resolves to exactly the recorded image: keeping the same string
+    keeps Compose from recreating a container that would not change (a database, usually).
+    """
+    running_refs = running_refs or {}
     services = {}
     for name, svc in sorted(release.get("services", {}).items()):
-        ref = pin_reference(svc)
+        ref = running_refs.get(name) or pin_reference(svc)
         if ref:
             services[name] = {"image": ref}
     return json.dumps({"services": services}, indent=2, sort_keys=True) + "\n"

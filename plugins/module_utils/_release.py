@@ -407,12 +407,35 @@ def ensure_images(client, release, check_mode=False):
     return pulled, present
 
 
-def image_exists(client, ref):
+def equivalent_running_refs(client, project, release):
+    """Services whose running container's image reference resolves to the release's image."""
+    refs = {}
     try:
-        client.images.get(ref)
+        containers = client.containers.list(all=True, filters={"label": "com.docker.compose.project=%s" % project})
+    except Exception:  # noqa: BLE001 - without the engine, pin by digest only
+        return refs
+    for container in containers:
+        name = (container.labels or {}).get("com.docker.compose.service")
+        svc = release.get("services", {}).get(name)
+        if not svc or not svc.get("image_id") or name in refs:
+            continue
+        ref = container.attrs.get("Config", {}).get("Image")
+        # The reference must still resolve to the same image: a tag moved since is no pin.
+        if ref and container.attrs.get("Image") == svc["image_id"] and resolved_id(client, ref) == svc["image_id"]:
+            refs[name] = ref
+    return refs
+
+
+def resolved_id(client, ref):
+    """The id of the local image a reference names, or None."""
+    try:
+        return client.images.get(ref).id
     except Exception:  # noqa: BLE001 - not found, or a reference the engine cannot resolve
-        return False
-    return True
+        return None
+
+
+def image_exists(client, ref):
+    return resolved_id(client, ref) is not None
 
 
 def split_tag(ref):

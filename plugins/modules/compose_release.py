@@ -215,6 +215,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._release import 
     apply_checkout,
     capture,
     ensure_images,
+    equivalent_running_refs,
     load_target,
     plan_checkout,
     project_file_names,
@@ -265,8 +266,9 @@ class ReleaseRecorder:
         ledger = self.ledger_for(project)
         release, contents = load_target(self.module, ledger, self.params.get("release"), self.params)
         writes, removals, diff = plan_checkout(project_src, release, contents, bool(self.params.get("files")))
-        pin = pin_document(release)
         pinned = release.get("source") != "git"
+        running = equivalent_running_refs(get_client(self.module), project, release) if pinned else {}
+        pin = pin_document(release, running)
         old_pin = None
         if os.path.exists(ledger.pin_path):
             with open(ledger.pin_path, "rb") as fh:
