@@ -251,6 +251,24 @@ def run_playbook(
             os.unlink(path)
 
 
+def docker_time(text):
+    """Docker's RFC 3339 time with nanoseconds -> epoch seconds."""
+    import datetime
+
+    main, _dot, frac = text.rstrip("Z").split("+")[0].partition(".")
+    when = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp() + (float("0." + frac[:9]) if frac else 0.0)
+
+
+def healthy_since(container):
+    """When the container's health check first passed (epoch seconds), from Docker's own log."""
+    state = json.loads(run(["docker", "inspect", "--format", "{{json .State}}", container]).stdout)
+    passed = [entry for entry in (state.get("Health") or {}).get("Log", []) if entry.get("ExitCode") == 0]
+    if not passed:
+        raise AssertionError("container %s has no passing health check in its log" % container)
+    return docker_time(passed[0]["End"])
+
+
 def remove_volume(name):
     run(["docker", "volume", "rm", "-f", name], check=False)
 

@@ -1,0 +1,344 @@
+# Copyright (c) stackops.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Health of a compose project: one verdict from containers, health checks, logs, HTTP and data.
+
+The checks are plain objects that take a sample and say passed / failed / pending; the loop in
+`HealthWaiter` samples them until all pass or the deadline comes. Failures that cannot heal (a
+container that exited, a crash loop, an error in the logs) end the wait at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+
+from ansible.module_utils.urls import open_url
+
+PASSED, FAILED, PENDING, INCONCLUSIVE = "passed", "failed", "pending", "inconclusive"
+
+DEFAULT_FAIL_PATTERNS = [
+    r"\bFATAL\b",
+    r"\bpanic:",
+    r"Traceback \(most recent call last\)",
+    r"OutOfMemory",
+    r"\bOOMKilled\b",
+    r"Segmentation fault",
+]
+LOG_TAIL_LINES = 5000  # bounds memory and time on chatty services
+
+
+def parse_docker_time(text):
+    """'2026-11-24T20:41:00.123456789Z' -> UTC epoch seconds (None for the zero time)."""
+    if not text or text.startswith("0001-"):
+        return None
+    main, _dot, frac = text.rstrip("Z").partition(".")
+    when = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp() + (float("0." + re.sub(r"\D.*", "", frac)) if frac else 0.0)
+
+
+class Result:
+    def __init__(self, name, kind, status, reason=""):
+        self.name, self.kind, self.status, self.reason = name, kind, status, reason
+
+    def as_dict(self):
+        return {"name": self.name, "kind": self.kind, "status": self.status, "reason": self.reason}
+
+
+def container_state(attrs):
+    state = attrs.get("State", {})
+    health = (state.get("Health") or {}).get("Status")
+    log = (state.get("Health") or {}).get("Log") or []
+    return {
+        "state": state.get("Status"),
+        "health": health,
+        "last_probe": last_line(log[-1].get("Output")) if log else "",
+        "restarts": attrs.get("RestartCount", 0),
+        "exit_code": state.get("ExitCode"),
+        "image": attrs.get("Config", {}).get("Image"),
+        "image_id": attrs.get("Image"),
+        "started_at": state.get("StartedAt"),
+        "oom_killed": state.get("OOMKilled", False),
+    }
+
+
+def last_line(text):
+    """The last non-empty line of a probe's output (a traceback ends with its reason)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+class ContainerCheck:
+    """A service is running (and healthy when it has a health check), and not crash-looping."""
+
+    kind = "container"
+
+    def __init__(self, service, allow_exited=False):
+        self.service = service
+        self.allow_exited = allow_exited
+        self.first_restarts = None
+
+    def evaluate(self, states):
+        """states: list of container_state dicts of this service's containers."""
+        name = "service %s" % self.service
+        if not states:
+            return Result(name, self.kind, FAILED, "no container: the service is missing from the project")
+        worst = None
+        for st in states:
+            result = self.evaluate_one(name, st)
+            if worst is None or rank(result.status) > rank(worst.status):
+                worst = result
+        return worst
+
+    def evaluate_one(self, name, st):
+        restarts = st["restarts"] or 0
+        if self.first_restarts is None:
+            self.first_restarts = restarts
+        # A crash loop can look "running" at every sample: the restart count gives it away.
+        if restarts > self.first_restarts:
+            return Result(
+                name,
+                self.kind,
+                FAILED,
+                "crash loop: restart count rose from %d to %d during the wait" % (self.first_restarts, restarts),
+            )
+        state = st["state"]
+        if st.get("oom_killed"):
+            return Result(name, self.kind, FAILED, "killed for lack of memory (OOMKilled)")
+        if state == "exited":
+            if self.allow_exited and st["exit_code"] == 0:
+                return Result(name, self.kind, PASSED, "one-shot service exited 0 (allowed)")
+            return Result(name, self.kind, FAILED, "exited with code %s" % st["exit_code"])
+        if state == "restarting":
+            return Result(
+                name, self.kind, FAILED, "restarting (exit code %s, %d restarts)" % (st["exit_code"], restarts)
+            )
+        if state != "running":
+            return Result(name, self.kind, FAILED if state in ("dead", "paused") else PENDING, "state is %s" % state)
+        probe = " (last probe: %s)" % st["last_probe"] if st.get("last_probe") else ""
+        if st["health"] == "unhealthy":
+            return Result(name, self.kind, FAILED, "health check reports unhealthy" + probe)
+        if st["health"] == "starting":
+            return Result(name, self.kind, PENDING, "health check still starting" + probe)
+        return Result(name, self.kind, PASSED, "running" + (", healthy" if st["health"] == "healthy" else ""))
+
+
+def rank(status):
+    return {PASSED: 0, INCONCLUSIVE: 1, PENDING: 2, FAILED: 3}[status]
+
+
+class HttpCheck:
+    """A URL answers an expected status (and body) `successes` times in a row, one per round."""
+
+    kind = "http"
+
+    def __init__(self, url, status=200, body_regex=None, timeout=5, successes=1, validate_certs=True):
+        self.url = url
+        self.statuses = [int(s) for s in (status if isinstance(status, list) else [status])]
+        self.body_re = re.compile(body_regex) if body_regex else None
+        self.timeout = timeout
+        self.successes = max(1, int(successes))
+        self.validate_certs = validate_certs
+        self.streak = 0
+
+    def probe(self):
+        """(status code or None, body or error text)."""
+        try:
+            resp = open_url(self.url, timeout=self.timeout, validate_certs=self.validate_certs, follow_redirects="none")
+            return resp.getcode(), resp.read(65536).decode("utf-8", "replace")
+        except Exception as exc:  # noqa: BLE001 - HTTPError carries a status, the rest is a failed connection
+            code = getattr(exc, "code", None)
+            if isinstance(code, int):
+                try:
+                    body = exc.read(65536).decode("utf-8", "replace")
+                except Exception:  # noqa: BLE001
+                    body = ""
+                return code, body
+            return None, str(getattr(exc, "reason", exc))
+
+    def evaluate(self):
+        name = "GET %s" % self.url
+        code, body = self.probe()
+        if code is None:
+            self.streak = 0
+            return Result(name, self.kind, PENDING, "connection failed: %s" % body)
+        if code not in self.statuses:
+            self.streak = 0
+            return Result(
+                name, self.kind, PENDING, "answered %d, expected %s" % (code, "/".join(map(str, self.statuses)))
+            )
+        if self.body_re and not self.body_re.search(body):
+            self.streak = 0
+            return Result(
+                name,
+                self.kind,
+                PENDING,
+                "answered %d but the body does not match %r (body: %r)" % (code, self.body_re.pattern, body[:200]),
+            )
+        self.streak += 1
+        if self.streak < self.successes:
+            return Result(name, self.kind, PENDING, "%d of %d successes in a row" % (self.streak, self.successes))
+        return Result(name, self.kind, PASSED, "answered %d, %d times in a row" % (code, self.streak))
+
+
+class LogCheck:
+    """No error pattern in a service's log since its container started (or since a given time)."""
+
+    kind = "logs"
+
+    def __init__(self, service, fail_patterns, ignore_patterns, since=None):
+        self.service = service
+        self.fail = [re.compile(p) for p in fail_patterns]
+        self.ignore = [re.compile(p) for p in ignore_patterns]
+        self.since = since
+
+    def scan(self, text):
+        for line in text.splitlines():
+            if any(p.search(line) for p in self.fail) and not any(p.search(line) for p in self.ignore):
+                return line.strip()
+        return None
+
+    def evaluate(self, containers):
+        name = "logs of %s" % self.service
+        for container in containers:
+            since = self.since
+            if since is None:
+                since = parse_docker_time(container.attrs.get("State", {}).get("StartedAt"))
+            kwargs = {"stdout": True, "stderr": True, "tail": LOG_TAIL_LINES}
+            if since:
+                kwargs["since"] = int(since)
+            text = container.logs(**kwargs).decode("utf-8", "replace")
+            hit = self.scan(text)
+            if hit:
+                return Result(name, self.kind, FAILED, "error in the log: %s" % hit[:300])
+        return Result(name, self.kind, PASSED, "no error pattern")
+
+
+class ExecCheck:
+    """A command (argument list) in a service's container returns the expected code and output."""
+
+    kind = "exec"
+
+    def __init__(self, service, command, expect_rc=0, stdout_regex=None, user=None):
+        self.service = service
+        self.command = list(command)
+        self.expect_rc = expect_rc
+        self.stdout_re = re.compile(stdout_regex, re.M) if stdout_regex else None
+        self.user = user
+
+    def evaluate(self, containers):
+        name = "exec in %s: %s" % (self.service, " ".join(self.command))
+        running = [c for c in containers if c.attrs.get("State", {}).get("Status") == "running"]
+        if not running:
+            return Result(name, self.kind, INCONCLUSIVE, "not run: no running container of %s" % self.service)
+        kwargs = {"demux": True}
+        if self.user:
+            kwargs["user"] = self.user
+        rc, (out, err) = running[0].exec_run(self.command, **kwargs)
+        out = (out or b"").decode("utf-8", "replace").strip()
+        err = (err or b"").decode("utf-8", "replace").strip()
+        if self.expect_rc is not None and rc != self.expect_rc:
+            return Result(
+                name, self.kind, PENDING, "returned %s, expected %s: %s" % (rc, self.expect_rc, (err or out)[:300])
+            )
+        if self.stdout_re and not self.stdout_re.search(out):
+            return Result(name, self.kind, PENDING, "output %r does not match %r" % (out[:300], self.stdout_re.pattern))
+        return Result(name, self.kind, PASSED, "returned %s%s" % (rc, ", output %r" % out[:80] if out else ""))
+
+
+class HealthWaiter:
+    """Samples the project until every check passes, a failure cannot heal, or time runs out."""
+
+    def __init__(
+        self,
+        client,
+        project,
+        services,
+        timeout,
+        interval,
+        container_checks,
+        http_checks,
+        log_checks,
+        exec_checks,
+        clock=time.monotonic,
+        sleep=time.sleep,
+    ):
+        self.client = client
+        self.project = project
+        self.services = services
+        self.timeout = timeout
+        self.interval = interval
+        self.container_checks = container_checks
+        self.http_checks = http_checks
+        self.log_checks = log_checks
+        self.exec_checks = exec_checks
+        self.clock = clock
+        self.sleep = sleep
+
+    def containers(self):
+        found = {}
+        for c in self.client.containers.list(
+            all=True, filters={"label": "com.docker.compose.project=%s" % self.project}
+        ):
+            labels = c.labels or {}
+            if labels.get("com.docker.compose.oneoff") == "True":
+                continue
+            found.setdefault(labels.get("com.docker.compose.service"), []).append(c)
+        return found
+
+    def round(self):
+        found = self.containers()
+        states = {s: [container_state(c.attrs) for c in found.get(s, [])] for s in self.services}
+        results = [check.evaluate(states[check.service]) for check in self.container_checks]
+        permanent = any(r.status == FAILED for r in results)
+        results += [check.evaluate(found.get(check.service, [])) for check in self.log_checks]
+        # HTTP checks run even while a container is pending: their answers say why. A data check
+        # without a running container to run in is inconclusive.
+        results += [check.evaluate() for check in self.http_checks]
+        results += [check.evaluate(found.get(check.service, [])) for check in self.exec_checks]
+        permanent = permanent or any(r.status == FAILED for r in results)
+        return states, results, permanent
+
+    def wait(self):
+        start = self.clock()
+        deadline = start + self.timeout
+        while True:
+            round_start = self.clock()
+            states, results, permanent = self.round()
+            healthy = all(r.status == PASSED for r in results)
+            now = self.clock()
+            if healthy or permanent or now >= deadline:
+                if not healthy:
+                    # What is still pending at the deadline is a failure.
+                    for r in results:
+                        if r.status == PENDING:
+                            r.status = FAILED
+                return healthy, states, results, now - start
+            self.sleep(max(0.0, min(self.interval - (now - round_start), deadline - now)))
+
+
+def summarize_services(states):
+    out = {}
+    for name, sts in states.items():
+        if not sts:
+            out[name] = {
+                "state": "missing",
+                "health": None,
+                "restarts": 0,
+                "exit_code": None,
+                "image": None,
+                "containers": 0,
+            }
+            continue
+        first = sts[0]
+        out[name] = {
+            "state": first["state"],
+            "health": first["health"],
+            "restarts": max(s["restarts"] or 0 for s in sts),
+            "exit_code": first["exit_code"],
+            "image": first["image"],
+            "containers": len(sts),
+        }
+    return out

@@ -1,0 +1,211 @@
+"""compose_health against real stacks: each case fails for the right reason, named in msg."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import testbed
+
+APP = """\
+services:
+  app:
+    image: {app}:v1
+    environment:
+{env}
+    ports:
+      - "127.0.0.1:{port}:8080"
+{extra}
+"""
+
+
+def app_stack(compose_stack, images, port, env=None, extra=""):
+    lines = "\n".join("      %s: %r" % (k, v) for k, v in (env or {"APP_START_DELAY": "0"}).items())
+    return compose_stack(APP.format(app=images["APP_IMAGE"], env=lines, port=port, extra=extra))
+
+
+def health(stack, check=False, **args):
+    params = dict(project_src=str(stack.dir), project_name=stack.name, timeout=20, interval=0.5)
+    params.update(args)
+    return testbed.run_module("compose_health", params, check=check)
+
+
+@pytest.fixture(scope="module")
+def db_stack(tmp_path_factory, images):
+    """One PostgreSQL stack with rows, and one empty, shared by the data checks."""
+    stacks = []
+    for rows in (3, 0):
+        name = testbed.unique_name("st-health-db")
+        port = testbed.free_port()
+        stack = testbed.ComposeStack(
+            tmp_path_factory.mktemp(name) / name,
+            name,
+            """\
+services:
+  db:
+    image: {pg}
+    environment:
+      POSTGRES_PASSWORD: pw
+      POSTGRES_DB: shop
+  app:
+    image: {app}:v1
+    environment:
+      DATABASE_URL: postgresql://postgres:pw@db/shop
+    ports:
+      - "127.0.0.1:{port}:8080"
+    depends_on:
+      db:
+        condition: service_healthy
+""".format(pg=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port),
+        )
+        stack.up()
+        testbed.wait_http("http://127.0.0.1:%d/health" % port)
+        for n in range(rows):
+            testbed.http_post("http://127.0.0.1:%d/records" % port, "row %d" % n)
+        stacks.append(stack)
+    yield stacks
+    for stack in stacks:
+        stack.down()
+
+
+PSQL_COUNT = {
+    "service": "db",
+    "command": ["psql", "-U", "postgres", "-d", "shop", "-tAc", "select count(*) from records"],
+    "stdout_regex": "^[1-9][0-9]*$",
+}
+
+
+def test_healthy_stack_passes_every_kind_of_check(db_stack):
+    port = int(db_stack[0].ps()[0]["Publishers"][0]["PublishedPort"] or 0) or None
+    app = next(e for e in db_stack[0].ps() if e["Service"] == "app")
+    port = next(p["PublishedPort"] for p in app["Publishers"] if p["PublishedPort"])
+    result = health(
+        db_stack[0],
+        http=[{"url": "http://127.0.0.1:%d/version" % port, "body_regex": "^v1$", "successes": 2}],
+        exec=[PSQL_COUNT],
+    )
+    assert result["healthy"] and not result["changed"], result
+    assert {c["kind"] for c in result["checks"]} == {"container", "logs", "http", "exec"}
+    assert result["services"]["db"]["health"] == "healthy"
+    assert result["services"]["app"]["state"] == "running"
+    checked = health(db_stack[0], check=True, exec=[PSQL_COUNT])
+    assert checked["healthy"], checked
+
+
+def test_spot_check_fails_on_an_empty_database(db_stack):
+    result = health(db_stack[1], timeout=3, exec=[PSQL_COUNT])
+    assert result["failed"] and not result["healthy"]
+    assert "exec in db: psql" in result["msg"] and "does not match" in result["msg"]
+
+
+def test_missing_service_is_named(db_stack):
+    result = health(db_stack[0], services=["app", "worker"])
+    assert result["failed"] and "worker" in result["msg"] and "not in project" in result["msg"]
+
+
+def test_exited_container_fails_fast(compose_stack, images, free_port):
+    stack = app_stack(compose_stack, images, free_port(), {"APP_CRASH_ON_START": "1"})
+    stack.up(wait=False)
+    started = time.monotonic()
+    result = health(stack, timeout=30)
+    assert result["failed"]
+    assert "service app: exited with code 3" in result["msg"]
+    assert time.monotonic() - started < 20, "an exited container is a verdict, not a reason to wait"
+
+
+def test_crash_loop_that_looks_running_is_caught(compose_stack, images, free_port):
+    stack = app_stack(compose_stack, images, free_port(), {"APP_CRASH_ON_START": "1"}, "    restart: always")
+    stack.up(wait=False)
+    # Without the log scan (which would see the FATAL line first), the restarts give it away.
+    result = health(stack, timeout=15, logs={"enabled": False})
+    assert result["failed"]
+    assert ("crash loop" in result["msg"]) or ("restarting" in result["msg"]), result["msg"]
+
+
+def test_unhealthy_container_is_reported_with_its_probe(compose_stack, images, free_port):
+    extra = "    healthcheck:\n      start_period: 1s\n      interval: 1s\n      retries: 1"
+    stack = app_stack(compose_stack, images, free_port(), {"APP_FAIL_HEALTH": "1"}, extra)
+    stack.up(wait=False)
+    result = health(stack, timeout=15)
+    assert result["failed"]
+    assert "service app: health check reports unhealthy" in result["msg"], result["msg"]
+
+
+def test_http_5xx_is_reported(compose_stack, images, free_port):
+    port = free_port()
+    extra = "    healthcheck:\n      disable: true"
+    stack = app_stack(compose_stack, images, port, {"APP_FAIL_HEALTH": "1"}, extra)
+    stack.up(wait=False)  # `up --wait` refuses a container without a health check
+    result = health(stack, timeout=5, http=[{"url": "http://127.0.0.1:%d/health" % port}])
+    assert result["failed"]
+    assert "/health: answered 500, expected 200" in result["msg"], result["msg"]
+
+
+def test_health_still_starting_at_the_deadline_fails(compose_stack, images, free_port):
+    stack = app_stack(compose_stack, images, free_port(), {"APP_START_DELAY": "60"})
+    stack.up(wait=False)
+    result = health(stack, timeout=3)
+    assert result["failed"] and "health check still starting" in result["msg"]
+
+
+def test_slow_start_within_the_timeout_passes(compose_stack, images, free_port):
+    port = free_port()
+    stack = app_stack(compose_stack, images, port, {"APP_START_DELAY": "4"})
+    stack.up(wait=False)
+    result = health(stack, timeout=40, http=[{"url": "http://127.0.0.1:%d/health" % port}])
+    assert result["healthy"], result
+    assert result["elapsed"] >= 3
+
+
+def test_wrong_body_and_refused_connection_are_reported(compose_stack, images, free_port):
+    port = free_port()
+    stack = app_stack(compose_stack, images, port)
+    stack.up()
+    closed = free_port()
+    result = health(
+        stack,
+        timeout=3,
+        http=[
+            {"url": "http://127.0.0.1:%d/version" % port, "body_regex": "^v2$"},
+            {"url": "http://127.0.0.1:%d/health" % closed},
+        ],
+    )
+    assert result["failed"]
+    assert "does not match '^v2$'" in result["msg"]
+    assert "127.0.0.1:%d/health: connection failed" % closed in result["msg"]
+
+
+def test_error_pattern_in_the_logs_fails_unless_ignored(compose_stack, images, free_port):
+    extra = '    command: ["sh", "-c", "echo FATAL: disk on fire; exec python3 /opt/app/app.py"]'
+    stack = app_stack(compose_stack, images, free_port(), None, extra)
+    stack.up()
+    result = health(stack, timeout=5)
+    assert result["failed"] and "logs of app: error in the log: FATAL: disk on fire" in result["msg"]
+    ignored = health(stack, timeout=5, logs={"ignore_patterns": ["disk on fire"]})
+    assert ignored["healthy"], ignored
+
+
+def test_one_shot_service_may_exit_zero_when_listed(compose_stack, images, free_port):
+    extra = '  migrate:\n    image: {bb}\n    command: ["true"]'.format(bb=images["BUSYBOX_IMAGE"])
+    stack = app_stack(compose_stack, images, free_port(), None, extra)
+    stack.up(wait=False)
+    time.sleep(2)
+    refused = health(stack, timeout=3)
+    assert refused["failed"] and "service migrate: exited with code 0" in refused["msg"]
+    allowed = health(stack, timeout=10, allow_exited=["migrate"])
+    assert allowed["healthy"], allowed
+
+
+def test_verdict_within_one_interval_of_healthy(compose_stack, images, free_port):
+    """The container turns healthy at a time Docker records; the verdict follows within an interval."""
+    port = free_port()
+    stack = app_stack(compose_stack, images, port, {"APP_START_DELAY": "3"})
+    stack.up(wait=False)
+    interval = 1.0
+    t0 = time.time()
+    result = health(stack, timeout=40, interval=interval)
+    returned = time.time()
+    assert result["healthy"], result
+    healthy_at = testbed.healthy_since(stack.container_id("app"))
+    # run_module adds ansible's own start-up and teardown (about 1 s) around the module.
+    assert returned - healthy_at < interval + 2.5, (returned - healthy_at, t0)

@@ -1,0 +1,104 @@
+"""Unit tests of compose_health's verdict logic (container states are plain dicts here)."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.stackops.rollback.plugins.module_utils import _health
+
+
+def state(status="running", health=None, restarts=0, exit_code=0, probe=""):
+    return {
+        "state": status,
+        "health": health,
+        "restarts": restarts,
+        "exit_code": exit_code,
+        "image": "app:v1",
+        "image_id": "sha256:1",
+        "started_at": "t",
+        "oom_killed": False,
+        "last_probe": probe,
+    }
+
+
+@pytest.mark.parametrize(
+    ("samples", "allow_exited", "status", "reason"),
+    [
+        ([[state()]], False, "passed", "running"),
+        ([[state(health="healthy")]], False, "passed", "running, healthy"),
+        ([[state(health="starting")]], False, "pending", "health check still starting"),
+        (
+            [[state(health="unhealthy", probe="exit 1")]],
+            False,
+            "failed",
+            "health check reports unhealthy (last probe: exit 1)",
+        ),
+        ([[state("exited", exit_code=0)]], True, "passed", "one-shot service exited 0 (allowed)"),
+        ([[state("exited", exit_code=0)]], False, "failed", "exited with code 0"),
+        ([[state("exited", exit_code=3)]], True, "failed", "exited with code 3"),
+        ([[state("restarting", exit_code=3, restarts=2)]], False, "failed", "restarting (exit code 3, 2 restarts)"),
+        ([[state("created")]], False, "pending", "state is created"),
+        ([[state("dead")]], False, "failed", "state is dead"),
+        ([[]], False, "failed", "no container: the service is missing from the project"),
+        # A crash loop that is "running" at every sample: the restart count rises.
+        ([[state(restarts=4)], [state(restarts=5)]], False, "failed", "crash loop: restart count rose from 4 to 5"),
+        # The worst of several replicas counts.
+        ([[state(), state("exited", exit_code=1)]], False, "failed", "exited with code 1"),
+    ],
+)
+def test_container_verdicts(samples, allow_exited, status, reason):
+    check = _health.ContainerCheck("app", allow_exited)
+    for sample in samples:
+        result = check.evaluate(sample)
+    assert (result.status, result.reason) == (status, reason) or (
+        result.status == status and result.reason.startswith(reason)
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "hit"),
+    [
+        ("2026 FATAL: cannot open file", True),
+        ("panic: runtime error", True),
+        ("Traceback (most recent call last):", True),
+        ("java.lang.OutOfMemoryError", True),
+        ("INFO all fine", False),
+        ("the word fatalism", False),
+        ("FATAL: known noise", False),
+    ],
+)
+def test_log_patterns(line, hit):
+    check = _health.LogCheck("app", _health.DEFAULT_FAIL_PATTERNS, ["known noise"])
+    assert (check.scan(line) is not None) == hit
+
+
+def test_docker_time():
+    assert _health.parse_docker_time("0001-01-01T00:00:00Z") is None
+    assert _health.parse_docker_time("2026-11-24T20:41:00.5Z") == pytest.approx(1795552860.5)
+
+
+def test_wait_returns_at_the_first_healthy_round_and_times_out_otherwise():
+    clock = {"t": 0.0}
+
+    class Waiter(_health.HealthWaiter):
+        rounds = 0
+
+        def round(self):
+            Waiter.rounds += 1
+            ok = Waiter.rounds >= 3
+            return {}, [_health.Result("x", "container", "passed" if ok else "pending", "")], False
+
+    waiter = Waiter(
+        None,
+        "p",
+        [],
+        10,
+        1.0,
+        [],
+        [],
+        [],
+        [],
+        clock=lambda: clock["t"],
+        sleep=lambda s: clock.__setitem__("t", clock["t"] + s),
+    )
+    healthy, _states, _results, elapsed = waiter.wait()
+    assert healthy and Waiter.rounds == 3 and elapsed == pytest.approx(2.0)
