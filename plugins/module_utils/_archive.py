@@ -113,12 +113,16 @@ def member_record(info, digest=None):
     return record
 
 
-def read_members(fileobj, strict=True, on_member=None):
-    """Parse a tar stream; return {name: record} for every member. Raises ArchiveError on a
-    truncated or malformed stream, or (strict) on a hostile member."""
+def read_members(reader, strict=True, on_member=None):
+    """Parse a tar stream (an IterReader); return {name: record} for every member.
+
+    Raises ArchiveError on a truncated or malformed stream, or (strict) on a hostile member.
+    Python's tarfile takes a stream cut inside a header for a shorter, complete archive: the
+    end-of-archive marker (two zero blocks where parsing stopped) is required here.
+    """
     members = {}
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
             for info in tar:
                 name = normalize(info.name)
                 reason = hostile_reason(info, members)
@@ -139,8 +143,13 @@ def read_members(fileobj, strict=True, on_member=None):
                 members[name] = member_record(info, digest)
                 if on_member:
                     on_member(name, members[name])
+            end = tar.offset
     except (tarfile.TarError, EOFError) as exc:
         raise ArchiveError("the tar stream is truncated or corrupt: %s" % exc) from exc
+    reader.drain()
+    marker = reader.window_at(end, 2 * tarfile.BLOCKSIZE)
+    if marker is None or marker.strip(b"\0"):
+        raise ArchiveError("the tar stream is truncated: it stops at byte %d without the end-of-archive marker" % end)
     if ROOT not in members:
         raise ArchiveError("the tar stream has no root entry: it is not a volume archive")
     return members
@@ -169,13 +178,19 @@ def compare_members(expected, actual, ignore_dir_mtime=True):
 
 
 class IterReader:
-    """A file-like reader over an iterator of byte chunks, copying every byte to `tee`."""
+    """A file-like reader over an iterator of byte chunks, copying every byte to `tee`.
+
+    It keeps the last WINDOW bytes it read, so that the end of a stream can be checked.
+    """
+
+    WINDOW = 64 * 1024
 
     def __init__(self, chunks, tee=None):
         self.chunks = iter(chunks)
         self.buffer = b""
         self.tee = tee
         self.total = 0
+        self.window = b""
 
     def read(self, size=-1):
         while size < 0 or len(self.buffer) < size:
@@ -188,6 +203,7 @@ class IterReader:
                     self.tee(chunk)
                 self.total += len(chunk)
                 self.buffer += chunk
+                self.window = (self.window + chunk)[-self.WINDOW :]
         if size < 0:
             data, self.buffer = self.buffer, b""
         else:
@@ -197,6 +213,13 @@ class IterReader:
     def drain(self):
         while self.read(CHUNK):
             pass
+
+    def window_at(self, offset, size):
+        """Bytes [offset, offset + size) of the stream when still in the window (after drain)."""
+        start = offset - (self.total - len(self.window))
+        if start < 0 or offset + size > self.total:
+            return None
+        return self.window[start : start + size]
 
 
 class Compressor:

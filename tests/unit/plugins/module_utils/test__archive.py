@@ -1,0 +1,130 @@
+"""Unit tests of the archive code: hostile members, truncation, manifests (no engine)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+from ansible_collections.stackops.rollback.plugins.module_utils import _archive
+from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
+
+
+def tar_bytes(*members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        root = tarfile.TarInfo(".")
+        root.type = tarfile.DIRTYPE
+        tar.addfile(root)
+        for info, data in members:
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+def info(name, kind=tarfile.REGTYPE, link=""):
+    i = tarfile.TarInfo(name)
+    i.type = kind
+    i.linkname = link
+    return i
+
+
+HOSTILE = [
+    (info("../x"), "path leaves the volume"),
+    (info("./a/../../x"), "path leaves the volume"),
+    (info("/abs"), "absolute path"),
+    (info("./l", tarfile.SYMTYPE, "/etc/shadow"), "symlink to an absolute path"),
+    (info("./d/l", tarfile.SYMTYPE, "../../x"), "symlink leaves the volume"),
+    (info("./h", tarfile.LNKTYPE, "../x"), "hard link leaves the volume"),
+    (info("./h", tarfile.LNKTYPE, "./never-seen"), "hard link to a member that is not in the archive"),
+    (info("./c", tarfile.CHRTYPE), "device node"),
+    (info("./b", tarfile.BLKTYPE), "device node"),
+    (info("./f", tarfile.FIFOTYPE), "device node or FIFO"),
+]
+
+
+@pytest.mark.parametrize(("member", "reason"), HOSTILE)
+def test_hostile_members_are_refused(member, reason):
+    data = tar_bytes((member, b""))
+    with pytest.raises(ArchiveError, match="refusing member"):
+        _archive.read_members(_archive.IterReader([data]))
+    assert reason in _archive.hostile_reason(member, {})
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        info("./ok"),
+        info("./d/l", tarfile.SYMTYPE, "../ok"),
+        info("./l", tarfile.SYMTYPE, "sub/file"),
+        info(".hidden"),
+    ],
+)
+def test_safe_members_pass(member):
+    assert _archive.hostile_reason(member, {}) is None
+
+
+def test_members_record_content_and_metadata():
+    f = info("./a")
+    f.mode, f.uid, f.gid, f.mtime = 0o640, 1, 2, 1000
+    h = info("./h", tarfile.LNKTYPE, "./a")
+    members = _archive.read_members(_archive.IterReader([tar_bytes((f, b"hello"), (h, None))]))
+    assert members["a"] == {
+        "type": "file",
+        "mode": "0640",
+        "uid": 1,
+        "gid": 2,
+        "mtime": 1000,
+        "size": 5,
+        "sha256": hashlib.sha256(b"hello").hexdigest(),
+    }
+    assert members["h"]["type"] == "hardlink" and members["h"]["link"] == "a"
+
+
+@pytest.mark.parametrize("cut", [700, 1024, 1100, 3000, 5632])
+def test_truncated_stream_fails(cut):
+    data = tar_bytes((info("./big"), b"x" * 4000))
+    with pytest.raises(ArchiveError, match=r"truncated|corrupt"):
+        _archive.read_members(_archive.IterReader([data[:cut]]))
+
+
+def test_stream_without_root_is_not_a_volume_archive():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(info("./a"), io.BytesIO(b""))
+    with pytest.raises(ArchiveError, match="no root entry"):
+        _archive.read_members(_archive.IterReader([buf.getvalue()]))
+
+
+def test_compare_members_names_each_difference():
+    a = {".": {"type": "dir", "mtime": 1}, "x": {"type": "file", "sha256": "1", "mode": "0644"}}
+    b = {".": {"type": "dir", "mtime": 2}, "x": {"type": "file", "sha256": "2", "mode": "0600"}, "y": {}}
+    assert _archive.compare_members(a, b) == ["x: mode, sha256 differ", "y: not expected"]
+    assert _archive.compare_members(a, b, ignore_dir_mtime=False)[0] == ".: mtime differ"
+
+
+def test_rewrite_for_root_prefixes_names_and_links():
+    f = info("./a")
+    h = info("./h", tarfile.LNKTYPE, "./a")
+    data = b"".join(_archive.rewrite_for_root([tar_bytes((f, b"hi"), (h, None))], "stackops-volume"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = [(m.name, m.linkname) for m in tar.getmembers()]
+    assert names == [("stackops-volume", ""), ("stackops-volume/a", ""), ("stackops-volume/h", "stackops-volume/a")]
+
+
+def test_manifest_must_be_ours(tmp_path):
+    archive = tmp_path / "v-20260101T000000000000Z.tar"
+    archive.write_bytes(b"")
+    with pytest.raises(ArchiveError, match="has no manifest"):
+        _archive.read_manifest(str(archive))
+    (tmp_path / (archive.name + ".manifest.json")).write_text(json.dumps({"tool": "other"}))
+    with pytest.raises(ArchiveError, match="not a manifest written by"):
+        _archive.read_manifest(str(archive))
+
+
+def test_archive_names_match_the_retention_pattern():
+    name = _archive.archive_name("shop_db", "zstd")
+    assert _archive.archive_pattern("shop_db").match(name)
+    assert not _archive.archive_pattern("shop").match(name)
