@@ -208,7 +208,7 @@ class LogCheck:
                 since = parse_docker_time(container.attrs.get("State", {}).get("StartedAt"))
             kwargs = {"stdout": True, "stderr": True, "tail": LOG_TAIL_LINES}
             if since:
-                kwargs["since"] = int(since)
+                kwargs["since"] = float(since)  # whole seconds would include the last moments of a previous run
             text = container.logs(**kwargs).decode("utf-8", "replace")
             hit = self.scan(text)
             if hit:

@@ -297,10 +297,14 @@ class Ledger:
         return None
 
     def find_by_commit(self, commit):
-        """The newest release recorded from this git commit, or None."""
+        """The newest release recorded from this git commit, or None.
+
+        Only a release whose files were clean at that commit is that commit's release.
+        """
         found = None
         for release in self.releases():
-            if release.get("git", {}).get("commit") == commit:
+            git = release.get("git") or {}
+            if git.get("commit") == commit and git.get("dirty") is False:
                 found = release
         return found
 

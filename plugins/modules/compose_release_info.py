@@ -189,7 +189,8 @@ class ReleaseLister:
                 self.module.fail_json(msg="compare_deployed needs project_src")
             release, _contents = capture(self.module, get_client(self.module), dict(self.params, version=None))
             deployed_id = result["deployed_id"] = release["id"]
-            result["deployed"] = summary(release)
+            # The ledger's record of it, when there is one, carries its version label.
+            result["deployed"] = summary(by_id.get(deployed_id) or release)
             # What runs but was never recorded counts as the latest deploy for `previous`.
             result["previous"] = summary(by_id.get(ledger.previous_id(deployed_id)))
         if self.params.get("target"):

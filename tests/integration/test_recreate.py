@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -57,19 +58,20 @@ class Shop:
     def dir(self):
         return self.stack.dir
 
-    def deploy(self, tag, record=True, secret=None):
+    def deploy(self, tag, record=True, secret=None, expect=None):
         env = self.dir / ".env"
         env.write_text("APP_TAG=%s\nDB_PASSWORD=pw-shop\nAPP_SECRET=%s\n" % (tag, secret or "secret-" + tag))
         env.chmod(0o600)
         self.stack.up()
-        testbed.wait_http(self.url + "/version", body_contains=tag)
-        if record:
-            result = testbed.run_module(
-                "compose_release", dict(project_src=str(self.dir), project_name=self.stack.name, version=tag)
-            )
-            assert not result.get("failed"), result
-            return result["release_id"]
-        return None
+        testbed.wait_http(self.url + "/version", body_contains=expect or tag)
+        return self.record(tag) if record else None
+
+    def record(self, version):
+        result = testbed.run_module(
+            "compose_release", dict(project_src=str(self.dir), project_name=self.stack.name, version=version)
+        )
+        assert not result.get("failed"), result
+        return result["release_id"]
 
     def write(self, body):
         status, _ = testbed.http_post(self.url + "/records", body)
@@ -150,11 +152,14 @@ def test_rollback_to_previous_keeps_every_row_and_is_idempotent(shop):
 def test_rollback_to_a_named_release(shop, target_kind):
     git = ["git", "-C", str(shop.dir), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "init", "-q"], check=True)
-    v1 = shop.deploy("v1", secret="first")
+    # The usual flow: commit the config, deploy it, record the release.
+    shop.deploy("v1", record=False, secret="first")
     subprocess.run([*git, "add", "compose.yml", ".env"], check=True)
     subprocess.run([*git, "commit", "-qm", "v1"], check=True)
-    shop.deploy("v2")
+    v1 = shop.record("v1")
+    shop.deploy("v2", record=False)
     subprocess.run([*git, "commit", "-qam", "v2"], check=True)
+    shop.record("v2")
     shop.deploy("v3")
     target = v1 if target_kind == "release_id" else "HEAD~1"
 
@@ -173,8 +178,7 @@ def test_mutable_tag_moved_since_still_brings_back_the_old_image(shop, images):
         testbed.run(["docker", "push", "-q", repo + ":latest"])
         compose = (shop.dir / "compose.yml").read_text().replace(images["APP_IMAGE"] + ":${APP_TAG}", repo + ":latest")
         shop.stack.write(compose)
-        shop.deploy("latest", record=False)
-        assert shop.version() == "v1"
+        shop.deploy("latest", record=False, expect="v1")
         testbed.run_module("compose_release", dict(project_src=str(shop.dir), project_name=shop.stack.name))
         # `latest` moves to v2 in the registry, as in the operators' reports.
         testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v2", repo + ":latest"])
@@ -191,10 +195,13 @@ def test_mutable_tag_moved_since_still_brings_back_the_old_image(shop, images):
 
 
 def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
-    shop.deploy("v1")
-    # Config drift outside the recorded files: v1 now crashes on start.
+    # v1's compose file reads app-extra.env; v2's reads another file. After v2 is deployed,
+    # v1's env file drifts (it is not one of the recorded files) and v1 now crashes on start.
     (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=0\n")
+    shop.deploy("v1")
     shop.write("row 1")
+    compose = shop.dir / "compose.yml"
+    compose.write_text(compose.read_text().replace("./app-extra.env", "./app-v2-extra.env"))
     v2 = shop.deploy("v2")
     shop.write("row 2")
     (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
@@ -230,7 +237,9 @@ def test_second_rollback_of_the_same_project_is_refused(shop):
     shop.deploy("v1")
     shop.deploy("v2")
     held = testbed.run_module(
-        "rollback_lock", dict(project=shop.stack.name, token="other-run", holder="carol's rollback")
+        # This test process stands for carol's play, still running on this controller.
+        "rollback_lock",
+        dict(project=shop.stack.name, token="other-run", holder="carol's rollback", controller_pid=os.getpid()),
     )
     assert held["changed"], held
     result = shop.rollback()

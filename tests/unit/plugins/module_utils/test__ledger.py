@@ -104,3 +104,15 @@ def test_lock_takeover_returns_the_dead_runs_record(tmp_path):
         ledger.release_lock("t1")
     assert ledger.release_lock("t2")
     assert ledger.lock_holder() is None
+
+
+def test_only_a_clean_release_belongs_to_a_commit(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    for rid, created, git in (
+        ("aaaaaaaaaaaa", "1", {"commit": "c1", "dirty": True}),
+        ("bbbbbbbbbbbb", "2", {"commit": "c1", "dirty": False}),
+        ("cccccccccccc", "3", None),
+    ):
+        ledger.store_release({"id": rid, "files": [], "created": created, "git": git}, {})
+    assert ledger.find_by_commit("c1")["id"] == "bbbbbbbbbbbb"
+    assert ledger.find_by_commit("c2") is None
