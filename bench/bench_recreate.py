@@ -62,7 +62,7 @@ class Prober:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        for _ in range(PROBE_LIMIT):
+        for probe in range(PROBE_LIMIT):  # noqa: B007 - the bound is the point
             if self._stop.is_set():
                 return
             t = time.monotonic()

@@ -56,7 +56,7 @@ volumes:
 
 CADDYFILE = """\
 :80 {
-	reverse_proxy app:8080
+    reverse_proxy app:8080
 }
 """
 

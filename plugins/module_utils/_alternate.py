@@ -74,7 +74,7 @@ def port_bindings(service):
         result.append(
             {
                 "target": int(port["target"]),
-                "published": int(str(published).split("-")[0]),
+                "published": int(str(published).split("-", maxsplit=1)[0]),
                 "host_ip": port.get("host_ip") or "",
                 "protocol": port.get("protocol") or "tcp",
             }
@@ -151,7 +151,7 @@ def alternate_model(model, primary_project, alternate_project, services, mapping
                     for m in mapping
                     if m["service"] == name
                     and m["target"] == int(port["target"])
-                    and m["published"] == int(str(port.get("published") or 0).split("-")[0] or 0)
+                    and m["published"] == int(str(port.get("published") or 0).split("-", maxsplit=1)[0] or 0)
                 ),
                 None,
             )

@@ -21,20 +21,27 @@ description:
     git for a git ref that was never recorded) into O(project_src), each file atomically, and writes a
     compose override that pins every service to the image digest it ran with. Mutable tags such as
     C(latest) cannot bring back the wrong image.
-  - With O(state=pulled), makes sure every image of O(release) is on the host: recorded images are
+  - With O(state=pulled), makes sure every image of O(release) is on the host. Recorded images are
     pulled by digest when missing, a release read from git is pulled by tag, and an image that was
     built on the host must still be there. Roles call it before anything stops.
   - The ledger, its file copies and restored env files are never readable by others.
 author:
-  - stackops.rollback developers
+  - stackops.rollback developers (@stackops)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports the release that would be recorded, or the files that would be written.
   diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode), when in
+        diff mode.
     support: full
     details: With O(state=restored), the compose file changes; env files are shown as changed, never their content.
   idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation
+        indicates no change.
     support: full
     details: Recording an unchanged deployment, or restoring files that are already in place, changes nothing.
 options:

@@ -19,14 +19,21 @@ description:
   - With O(compare_deployed=true), also captures what runs now and tells whether it is the
     current release (C(deployed_id)).
 author:
-  - stackops.rollback developers
+  - stackops.rollback developers (@stackops)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode), when in
+        diff mode.
     support: none
   idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation
+        indicates no change.
     support: full
     details: The module only reads.
 options:

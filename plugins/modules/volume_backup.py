@@ -26,14 +26,21 @@ description:
     symlinks, hard links and times - the volume root's owner and mode included - and reads the
     volume back to check it. If that check fails, the safety backup is put back."
 author:
-  - stackops.rollback developers
+  - stackops.rollback developers (@stackops)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports what would be written or restored; writes nothing and stops nothing.
   diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode), when in
+        diff mode.
     support: none
   idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation
+        indicates no change.
     support: partial
     details:
       - O(state=backup) always writes a new archive (a backup is a point in time), so it always reports a change.

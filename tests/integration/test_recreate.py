@@ -74,8 +74,8 @@ class Shop:
         return result["release_id"]
 
     def write(self, body):
-        status, _ = testbed.http_post(self.url + "/records", body)
-        assert status == 201
+        status, answer = testbed.http_post(self.url + "/records", body)
+        assert status == 201, answer
 
     def version(self):
         return testbed.http_get(self.url + "/version")[1].strip()

@@ -219,7 +219,7 @@ def test_keep_prunes_only_our_own_archives(volumes, images, tmp_path):
     vol = volumes("echo a > /data/a", images)
     foreign = tmp_path / ("%s-20000101T000000000000Z.tar.zst" % vol)
     foreign.write_bytes(b"not ours")
-    archives = [backup(vol, tmp_path, keep=2)["archive"] for _ in range(3)]
+    archives = [backup(vol, tmp_path, keep=2)["archive"] for attempt in range(3)]
     assert not os.path.exists(archives[0]) and not os.path.exists(archives[0] + ".manifest.json")
     assert all(os.path.exists(a) for a in archives[1:])
     assert foreign.exists(), "a file this module did not write was pruned"
