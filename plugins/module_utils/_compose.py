@@ -25,34 +25,6 @@ COMPOSE_PROJECT_ARGS = dict(
     profiles=dict(type="list", elements="str"),
 )
 
-COMPOSE_PROJECT_DOC = """
-  project_src:
-    description:
-      - Directory of the compose project (where C(docker compose) would be run).
-      - One of O(project_src) or O(project_name) is required.
-    type: path
-  project_name:
-    description:
-      - Compose project name. Defaults to the name Compose derives from O(project_src).
-    type: str
-  files:
-    description:
-      - Compose files, relative to O(project_src). Defaults to Compose's own lookup
-        (C(compose.yaml), C(docker-compose.yml), ...).
-    type: list
-    elements: path
-  env_files:
-    description:
-      - Environment files passed to Compose with C(--env-file).
-    type: list
-    elements: path
-  profiles:
-    description:
-      - Compose profiles to enable.
-    type: list
-    elements: str
-"""
-
 
 class ComposeError(Exception):
     def __init__(self, msg, rc=None, stdout="", stderr="", cmd=None):

@@ -42,22 +42,6 @@ DOCKER_COMMON_ARGS = dict(
     api_timeout=dict(type="int", default=60, aliases=["timeout_api"]),
 )
 
-# The same options, as the YAML that modules splice into their DOCUMENTATION.
-DOCKER_COMMON_DOC = """
-  docker_host:
-    description:
-      - The Docker engine to talk to, as a URL (V(unix:///var/run/docker.sock), V(tcp://host:2376)).
-      - Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
-    type: str
-    aliases: [docker_url]
-  api_timeout:
-    description:
-      - Seconds to wait for one answer from the Docker API.
-    type: int
-    default: 60
-    aliases: [timeout_api]
-"""
-
 
 class DockerUnavailable(Exception):
     """The engine cannot be reached, or the SDK is missing; the message says what to do."""

@@ -27,20 +27,16 @@ description:
   - The module never changes anything.
 author:
   - stackops.rollback developers (@stackops)
+extends_documentation_fragment:
+  - stackops.rollback.attributes
+  - stackops.rollback.docker
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads; check mode gives the same verdict.
   diff_mode:
-    description:
-      - Will return details on what has changed (or possibly needs changing in check_mode), when in
-        diff mode.
     support: none
   idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second invocation
-        indicates no change.
     support: full
     details: The module only reads.
 options:
@@ -179,17 +175,6 @@ options:
       - Fail when the stack is not healthy at the deadline. With V(false), return the verdict in RV(healthy).
     type: bool
     default: true
-  docker_host:
-    description:
-      - The Docker engine to talk to. Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
-    type: str
-    aliases: [docker_url]
-  api_timeout:
-    description:
-      - Seconds to wait for one answer from the Docker API.
-    type: int
-    default: 60
-    aliases: [timeout_api]
 requirements:
   - Docker SDK for Python on the managed host
   - Docker Compose v2 (>= 2.18)

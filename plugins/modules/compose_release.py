@@ -27,21 +27,17 @@ description:
   - The ledger, its file copies and restored env files are never readable by others.
 author:
   - stackops.rollback developers (@stackops)
+extends_documentation_fragment:
+  - stackops.rollback.attributes
+  - stackops.rollback.docker
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports the release that would be recorded, or the files that would be written.
   diff_mode:
-    description:
-      - Will return details on what has changed (or possibly needs changing in check_mode), when in
-        diff mode.
     support: full
     details: With O(state=restored), the compose file changes; env files are shown as changed, never their content.
   idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second invocation
-        indicates no change.
     support: full
     details: Recording an unchanged deployment, or restoring files that are already in place, changes nothing.
 options:
@@ -102,17 +98,6 @@ options:
     description:
       - For O(state=restored) and O(state=pulled), the release - V(previous), V(current), a release id, or a git ref.
     type: str
-  docker_host:
-    description:
-      - The Docker engine to talk to. Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
-    type: str
-    aliases: [docker_url]
-  api_timeout:
-    description:
-      - Seconds to wait for one answer from the Docker API.
-    type: int
-    default: 60
-    aliases: [timeout_api]
 seealso:
   - module: stackops.rollback.compose_release_info
 requirements:

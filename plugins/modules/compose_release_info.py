@@ -20,20 +20,16 @@ description:
     current release (C(deployed_id)).
 author:
   - stackops.rollback developers (@stackops)
+extends_documentation_fragment:
+  - stackops.rollback.attributes
+  - stackops.rollback.docker
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
-    description:
-      - Will return details on what has changed (or possibly needs changing in check_mode), when in
-        diff mode.
     support: none
   idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second invocation
-        indicates no change.
     support: full
     details: The module only reads.
 options:
@@ -70,17 +66,6 @@ options:
       - Capture the deployed state and return its release id as RV(deployed_id).
     type: bool
     default: false
-  docker_host:
-    description:
-      - The Docker engine to talk to. Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
-    type: str
-    aliases: [docker_url]
-  api_timeout:
-    description:
-      - Seconds to wait for one answer from the Docker API.
-    type: int
-    default: 60
-    aliases: [timeout_api]
 seealso:
   - module: stackops.rollback.compose_release
 """

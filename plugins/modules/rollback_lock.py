@@ -21,28 +21,21 @@ description:
     is not locked out by itself.
 author:
   - stackops.rollback developers (@stackops)
+extends_documentation_fragment:
+  - stackops.rollback.attributes
+  - stackops.rollback.attributes.ACTION
 attributes:
   action:
-    description:
-      - Indicates this has a corresponding action plugin so some parts of the options can be executed
-        on the controller.
     support: full
     details:
       - The action plugin adds the controller's name and process id, and checks whether a holder
         on this controller is still alive.
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports whether the lock is free; takes and releases nothing.
   diff_mode:
-    description:
-      - Will return details on what has changed (or possibly needs changing in check_mode), when in
-        diff mode.
     support: none
   idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second invocation
-        indicates no change.
     support: full
     details: Taking a lock this O(token) already holds, or releasing a free one, changes nothing.
 options:

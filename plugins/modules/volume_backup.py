@@ -27,20 +27,16 @@ description:
     volume back to check it. If that check fails, the safety backup is put back."
 author:
   - stackops.rollback developers (@stackops)
+extends_documentation_fragment:
+  - stackops.rollback.attributes
+  - stackops.rollback.docker
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports what would be written or restored; writes nothing and stops nothing.
   diff_mode:
-    description:
-      - Will return details on what has changed (or possibly needs changing in check_mode), when in
-        diff mode.
     support: none
   idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second invocation
-        indicates no change.
     support: partial
     details:
       - O(state=backup) always writes a new archive (a backup is a point in time), so it always reports a change.
@@ -104,17 +100,6 @@ options:
         labels recorded in the manifest (Compose accepts a volume only with its labels).
     type: bool
     default: false
-  docker_host:
-    description:
-      - The Docker engine to talk to. Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
-    type: str
-    aliases: [docker_url]
-  api_timeout:
-    description:
-      - Seconds to wait for one answer from the Docker API.
-    type: int
-    default: 60
-    aliases: [timeout_api]
 requirements:
   - Docker SDK for Python on the managed host
   - the C(zstd) binary for zstd compression (optional)
