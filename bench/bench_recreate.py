@@ -28,28 +28,6 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PROBE_INTERVAL = 0.02
 PROBE_LIMIT = 30000  # at most 10 minutes of probes at 50/s: the loop always ends
 
-COMPOSE = """\
-services:
-  db:
-    image: {postgres}
-    environment:
-      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
-      POSTGRES_DB: shop
-    volumes:
-      - dbdata:/var/lib/postgresql/data
-  app:
-    image: {app}:${{APP_TAG}}
-    environment:
-      DATABASE_URL: postgresql://postgres:${{DB_PASSWORD}}@db/shop
-    ports:
-      - "127.0.0.1:{port}:8080"
-    depends_on:
-      db:
-        condition: service_healthy
-volumes:
-  dbdata:
-"""
-
 
 class Prober:
     """GET url every PROBE_INTERVAL from a thread; bounded in count and by stop()."""
@@ -99,14 +77,14 @@ class Prober:
 def setup_stack(workdir, name, port):
     images = testbed.IMAGES
     (workdir / "compose.yml").write_text(
-        COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
+        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
     )
     stack = testbed.ComposeStack(workdir, name, (workdir / "compose.yml").read_text())
     git = ["git", "-C", str(workdir), "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     testbed.run([*git, "init", "-q"])
     commits = {}
     for tag in ("v1", "v2"):
-        (workdir / ".env").write_text("APP_TAG=%s\nDB_PASSWORD=bench\n" % tag)
+        (workdir / ".env").write_text("APP_TAG=%s\nDB_PASSWORD=bench\nAPP_SECRET=bench\n" % tag)
         stack.up()
         testbed.wait_http("http://127.0.0.1:%d/version" % port, body_contains=tag)
         result = testbed.run_module("compose_release", dict(project_src=str(workdir), project_name=name, version=tag))

@@ -130,28 +130,16 @@ def atomic_write(path, data, mode=0o600):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory):
+    """Make a rename in `directory` durable."""
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def write_in_place(path, data, mode=None):
-    """Replace a file's content keeping its inode (single-file bind mounts keep seeing it)."""
-    flags = os.O_WRONLY | os.O_CREAT
-    fd = os.open(path, flags, mode if mode is not None else 0o644)
-    try:
-        os.ftruncate(fd, 0)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if mode is not None:
-        os.chmod(path, mode)
 
 
 class Ledger:

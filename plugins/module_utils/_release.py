@@ -53,6 +53,16 @@ def project_file_names(project_src, files=None, env_files=None):
     return compose_files, envs
 
 
+def project_name(module, params):
+    """The compose project name: as given, else what Compose derives for project_src."""
+    if params.get("project_name"):
+        return params["project_name"]
+    compose_files, _envs = project_file_names(params["project_src"], params.get("files"), params.get("env_files"))
+    return Compose(
+        module, project_src=params["project_src"], files=compose_files, docker_host=params.get("docker_host")
+    ).config()["name"]
+
+
 def read_project_files(project_src, compose_files, env_files):
     """File entries (path, kind, sha256, mode) and their contents."""
     entries, contents = [], {}

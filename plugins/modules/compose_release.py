@@ -210,7 +210,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._release import 
     equivalent_running_refs,
     load_target,
     plan_checkout,
-    project_file_names,
+    project_name,
     summary,
 )
 
@@ -254,12 +254,11 @@ class ReleaseRecorder:
 
     def restore(self):
         project_src = self.params["project_src"]
-        project = self.params.get("project_name") or self.project_name_of(project_src)
-        ledger = self.ledger_for(project)
+        ledger = self.ledger_for(project_name(self.module, self.params))
         release, contents = load_target(self.module, ledger, self.params.get("release"), self.params)
         writes, removals, diff = plan_checkout(project_src, release, contents, bool(self.params.get("files")))
         pinned = release.get("source") != "git"
-        running = equivalent_running_refs(get_client(self.module), project, release) if pinned else {}
+        running = equivalent_running_refs(get_client(self.module), ledger.project, release) if pinned else {}
         pin = pin_document(release, running)
         old_pin = None
         if os.path.exists(ledger.pin_path):
@@ -295,22 +294,12 @@ class ReleaseRecorder:
             self.results["diff"] = diff
 
     def pull(self):
-        project_src = self.params["project_src"]
-        project = self.params.get("project_name") or self.project_name_of(project_src)
-        ledger = self.ledger_for(project)
+        ledger = self.ledger_for(project_name(self.module, self.params))
         release, _contents = load_target(self.module, ledger, self.params.get("release"), self.params)
         pulled, present = ensure_images(get_client(self.module), release, self.module.check_mode)
         self.results.update(
             changed=bool(pulled), release_id=release.get("id"), release=summary(release), pulled=pulled, present=present
         )
-
-    def project_name_of(self, project_src):
-        from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
-
-        compose_files, _envs = project_file_names(project_src, self.params.get("files"), self.params.get("env_files"))
-        return Compose(
-            self.module, project_src=project_src, files=compose_files, docker_host=self.params.get("docker_host")
-        ).config()["name"]
 
     def run(self):
         if self.params["state"] == "present":

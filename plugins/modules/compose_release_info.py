@@ -135,13 +135,13 @@ ledger_dir:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose, ComposeError
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import ComposeError
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, Ledger, LedgerError
 from ansible_collections.stackops.rollback.plugins.module_utils._release import (
     capture,
     load_target,
-    project_file_names,
+    project_name,
     summary,
 )
 
@@ -151,17 +151,8 @@ class ReleaseLister:
         self.module = module
         self.params = module.params
 
-    def project_name(self):
-        if self.params.get("project_name"):
-            return self.params["project_name"]
-        src = self.params["project_src"]
-        compose_files, _envs = project_file_names(src, self.params.get("files"), self.params.get("env_files"))
-        return Compose(
-            self.module, project_src=src, files=compose_files, docker_host=self.params.get("docker_host")
-        ).config()["name"]
-
     def run(self):
-        ledger = Ledger(self.params["ledger_dir"], self.project_name())
+        ledger = Ledger(self.params["ledger_dir"], project_name(self.module, self.params))
         releases = ledger.releases()
         current_id, previous_id = ledger.current_id(), ledger.previous_id()
         by_id = {r["id"]: r for r in releases}

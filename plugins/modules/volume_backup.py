@@ -219,6 +219,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._docker import (
     get_client,
     is_docker_error,
 )
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import fsync_dir
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import (
     MOUNT,
     Helper,
@@ -314,11 +315,7 @@ class VolumeBackupManager:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(dest, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(dest)
         unsafe = sorted(
             n
             for n, m in members.items()

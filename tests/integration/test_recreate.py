@@ -16,32 +16,6 @@ PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
 LEDGER = Path("/var/lib/stackops-rollback")
 
-SHOP = """\
-services:
-  db:
-    image: {postgres}
-    environment:
-      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
-      POSTGRES_DB: shop
-    volumes:
-      - dbdata:/var/lib/postgresql/data
-  app:
-    image: {app}:${{APP_TAG}}
-    env_file:
-      - path: ./app-extra.env
-        required: false
-    environment:
-      DATABASE_URL: postgresql://postgres:${{DB_PASSWORD}}@db/shop
-      APP_SECRET: ${{APP_SECRET}}
-    ports:
-      - "127.0.0.1:{port}:8080"
-    depends_on:
-      db:
-        condition: service_healthy
-volumes:
-  dbdata:
-"""
-
 
 class Shop:
     def __init__(self, stack, port, tmp_path):
@@ -110,7 +84,9 @@ class Shop:
 @pytest.fixture
 def shop(compose_stack, images, free_port, tmp_path):
     port = free_port()
-    stack = compose_stack(SHOP.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port))
+    stack = compose_stack(
+        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
+    )
     yield Shop(stack, port, tmp_path)
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 

@@ -26,6 +26,35 @@ VENV_BIN = REPO_ROOT / ".venv" / "bin"
 COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
 
 
+# The "shop" used by the rollback tests and benchmarks: the app and PostgreSQL with rows. The
+# app's image tag and secrets come from .env; app-extra.env lets a test drift one version's config.
+SHOP_COMPOSE = """\
+services:
+  db:
+    image: {postgres}
+    environment:
+      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
+      POSTGRES_DB: shop
+    volumes:
+      - dbdata:/var/lib/postgresql/data
+  app:
+    image: {app}:${{APP_TAG}}
+    env_file:
+      - path: ./app-extra.env
+        required: false
+    environment:
+      DATABASE_URL: postgresql://postgres:${{DB_PASSWORD}}@db/shop
+      APP_SECRET: ${{APP_SECRET}}
+    ports:
+      - "127.0.0.1:{port}:8080"
+    depends_on:
+      db:
+        condition: service_healthy
+volumes:
+  dbdata:
+"""
+
+
 def load_images():
     """Image names from images.env (the same file the shell scripts source)."""
     env = {"STACKOPS_REGISTRY": os.environ.get("STACKOPS_REGISTRY", "127.0.0.1:5000")}
