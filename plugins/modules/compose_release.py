@@ -29,6 +29,7 @@ author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
+  - stackops.rollback.ledger
   - stackops.rollback.docker
 attributes:
   check_mode:
@@ -50,22 +51,6 @@ options:
     description:
       - Compose project name. Defaults to the name Compose derives for O(project_src).
     type: str
-  files:
-    description:
-      - Compose files, relative to O(project_src). Defaults to Compose's own lookup
-        (C(compose.yaml), C(compose.yml), C(docker-compose.yaml), C(docker-compose.yml) and an override file).
-    type: list
-    elements: path
-  env_files:
-    description:
-      - Environment files of the project, relative to O(project_src). Defaults to C(.env) when it exists.
-    type: list
-    elements: path
-  ledger_dir:
-    description:
-      - Directory of the release ledger on the managed host.
-    type: path
-    default: /var/lib/stackops-rollback
   state:
     description:
       - V(present) records the deployed release; V(restored) puts the files of O(release) back;

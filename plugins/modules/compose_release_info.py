@@ -22,6 +22,7 @@ author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
+  - stackops.rollback.ledger
   - stackops.rollback.docker
 attributes:
   check_mode:
@@ -42,21 +43,6 @@ options:
       - Compose project name. Defaults to the name Compose derives for O(project_src).
       - One of O(project_src) and O(project_name) is required.
     type: str
-  files:
-    description:
-      - Compose files, relative to O(project_src), when they are not Compose's default names.
-    type: list
-    elements: path
-  env_files:
-    description:
-      - Environment files of the project, relative to O(project_src). Defaults to C(.env) when it exists.
-    type: list
-    elements: path
-  ledger_dir:
-    description:
-      - Directory of the release ledger on the managed host.
-    type: path
-    default: /var/lib/stackops-rollback
   target:
     description:
       - A rollback target to resolve - V(previous), V(current), a release id, or a git ref.
