@@ -183,6 +183,20 @@ class HttpCheck:
         return Result(name, self.kind, PASSED, "answered %d, %d times in a row" % (code, self.streak))
 
 
+def lines_since(text, since):
+    """The log lines (without their timestamps) written at or after `since` (epoch seconds)."""
+    kept = []
+    for line in text.splitlines():
+        stamp, _sep, rest = line.partition(" ")
+        try:
+            when = parse_docker_time(stamp)
+        except ValueError:
+            when, rest = None, line  # not a timestamped line: keep it whole
+        if since is None or when is None or when >= since:
+            kept.append(rest)
+    return "\n".join(kept)
+
+
 class LogCheck:
     """No error pattern in a service's log since its container started (or since a given time)."""
 
@@ -206,11 +220,13 @@ class LogCheck:
             since = self.since
             if since is None:
                 since = parse_docker_time(container.attrs.get("State", {}).get("StartedAt"))
-            kwargs = {"stdout": True, "stderr": True, "tail": LOG_TAIL_LINES}
+            # Older SDKs (python3-docker 5 in Debian 12) take whole seconds only; that second may
+            # hold the last lines of the previous run, so lines are also filtered by their own time.
+            kwargs = {"stdout": True, "stderr": True, "tail": LOG_TAIL_LINES, "timestamps": True}
             if since:
-                kwargs["since"] = float(since)  # whole seconds would include the last moments of a previous run
+                kwargs["since"] = int(since)
             text = container.logs(**kwargs).decode("utf-8", "replace")
-            hit = self.scan(text)
+            hit = self.scan(lines_since(text, since))
             if hit:
                 return Result(name, self.kind, FAILED, "error in the log: %s" % hit[:300])
         return Result(name, self.kind, PASSED, "no error pattern")

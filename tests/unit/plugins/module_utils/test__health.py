@@ -102,3 +102,14 @@ def test_wait_returns_at_the_first_healthy_round_and_times_out_otherwise():
     )
     healthy, _states, _results, elapsed = waiter.wait()
     assert healthy and Waiter.rounds == 3 and elapsed == pytest.approx(2.0)
+
+
+def test_lines_since_drops_the_previous_runs_last_second():
+    text = (
+        "2026-11-24T20:41:00.100000000Z FATAL: the database system is shutting down\n"
+        "2026-11-24T20:41:00.900000000Z database system is ready\n"
+        "not timestamped\n"
+    )
+    since = _health.parse_docker_time("2026-11-24T20:41:00.500Z")
+    assert _health.lines_since(text, since) == "database system is ready\nnot timestamped"
+    assert "FATAL" in _health.lines_since(text, None)
