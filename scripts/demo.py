@@ -65,15 +65,28 @@ def say(title):
     print("\n\033[1m==> %s\033[0m" % title, flush=True)
 
 
-def playbook(path, extra_vars, inventory, tail=None):
+def messages(stdout):
+    """What the play says to an operator: its debug messages, failures and the recap."""
+    shown, in_list = [], False
+    for line in stdout.splitlines():
+        text = line.strip()
+        if text.startswith('"msg": ['):
+            in_list = True
+        elif in_list:
+            if text.startswith("]"):
+                in_list = False
+            else:
+                shown.append(text.rstrip(",").strip('"'))
+        elif text.startswith('"msg": "'):
+            shown.append(text[len('"msg": "') :].rstrip('"'))
+        elif text.startswith("fatal:"):
+            shown.append(text)
+    return shown
+
+
+def playbook(path, extra_vars, inventory):
     result = testbed.run_playbook(path, extra_vars, inventory=str(inventory))
-    lines = result.stdout.splitlines()
-    shown = [
-        ln for ln in lines if ln.strip().startswith(('"msg"', "ok:", "changed:", "fatal:", "TASK [", "PLAY RECAP"))
-    ]
-    if tail is not None:
-        shown = lines[-tail:]
-    print(textwrap.indent("\n".join(shown), "    "))
+    print(textwrap.indent("\n".join(messages(result.stdout)), "    "))
     if result.returncode != 0:
         print(result.stdout[-4000:], result.stderr[-2000:])
         raise SystemExit("demo: %s failed (rc=%s)" % (path, result.returncode))
@@ -133,7 +146,6 @@ def main():
             ],
         },
         inventory,
-        tail=None,
     )
     took = time.monotonic() - t0
 
