@@ -120,7 +120,7 @@ def main():
     fresh_guide = testbed.unique_name("bench-vb-guide")
     try:
         testbed.run(["docker", "volume", "create", source])
-        t_pop, _ = timed(lambda: populate(source))
+        t_pop, _populated = timed(lambda: populate(source))
         size = testbed.run(
             [
                 "docker",
@@ -138,7 +138,7 @@ def main():
         (work / "ours").mkdir()
         (work / "guide").mkdir()
 
-        t_guide_backup, _ = timed(
+        t_guide_backup, _guide_backup = timed(
             lambda: testbed.run(
                 [
                     "docker",
@@ -169,7 +169,7 @@ def main():
         )
 
         testbed.run(["docker", "volume", "create", fresh_guide])
-        t_guide_restore, _ = timed(
+        t_guide_restore, _guide_restore = timed(
             lambda: testbed.run(
                 [
                     "docker",
