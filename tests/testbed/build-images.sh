@@ -23,7 +23,7 @@ export DOCKER_BUILDKIT=0  # the classic builder resolves FROM against local imag
 declare -A ROOTFS_PACKAGES=(
     [python]="python3 python3-psycopg2 ca-certificates"
     [postgres]="postgresql-15 postgresql-client-15 ca-certificates"
-    [caddy]="caddy ca-certificates"
+    [caddy]="caddy ca-certificates wget"
     [testhost]="docker.io python3 python3-docker python3-requests iptables ca-certificates procps kmod"
 )
 

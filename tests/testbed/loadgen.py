@@ -1,0 +1,100 @@
+"""A bounded load generator for the proxy tests and benchmarks: 127.0.0.1 only.
+
+Requests go out at a fixed rate, each on a new connection (so a reload that closes idle
+keep-alive connections is not counted against the proxy), until stop() or the limits on
+count and time. Every answer is recorded with its start and end time and its body.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+
+class Sample:
+    __slots__ = ("body", "ended", "error", "started", "status")
+
+    def __init__(self, started, ended, status, body, error=None):
+        self.started = started
+        self.ended = ended
+        self.status = status
+        self.body = body
+        self.error = error
+
+    @property
+    def ok(self):
+        return self.status == 200 and self.error is None
+
+
+class LoadGenerator:
+    def __init__(self, url, rate=120, max_requests=6000, max_seconds=120, timeout=5.0, workers=32):
+        parts = urlsplit(url)
+        if parts.hostname != "127.0.0.1":
+            raise ValueError("test traffic goes to 127.0.0.1 only, not %r" % parts.hostname)
+        self.host, self.port, self.path = parts.hostname, parts.port or 80, parts.path or "/"
+        self.rate, self.max_requests, self.max_seconds = rate, max_requests, max_seconds
+        self.timeout = timeout
+        self.samples = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._thread = threading.Thread(target=self._schedule, daemon=True)
+
+    def _one(self):
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("GET", self.path, headers={"Connection": "close"})
+            response = conn.getresponse()
+            sample = Sample(started, time.monotonic(), response.status, response.read().decode("utf-8", "replace"))
+        except OSError as exc:
+            sample = Sample(started, time.monotonic(), 0, "", "%s: %s" % (exc.__class__.__name__, exc))
+        finally:
+            conn.close()
+        with self._lock:
+            self.samples.append(sample)
+
+    def _schedule(self):
+        begin = time.monotonic()
+        sent = 0
+        while not self._stop.is_set() and sent < self.max_requests:
+            due = begin + sent / self.rate
+            now = time.monotonic()
+            if now - begin > self.max_seconds:
+                break
+            if due > now:
+                time.sleep(due - now)
+            self._pool.submit(self._one)
+            sent += 1
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            return sorted(self.samples, key=lambda s: s.started)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def summarize(samples):
+    failed = [s for s in samples if not s.ok]
+    span = (samples[-1].started - samples[0].started) if len(samples) > 1 else 0.0
+    return {
+        "requests": len(samples),
+        "failed": len(failed),
+        "seconds": round(span, 2),
+        "rate": round(len(samples) / span, 1) if span else 0.0,
+        "errors": sorted({s.error or "HTTP %d" % s.status for s in failed})[:5],
+    }
