@@ -76,6 +76,7 @@ class Prober:
 
 def setup_stack(workdir, name, port):
     images = testbed.IMAGES
+    workdir.mkdir(parents=True)
     (workdir / "compose.yml").write_text(
         testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
@@ -162,8 +163,30 @@ class StoppedUsers:
                 container.start()
             except Exception as err:  # noqa: BLE001 - start the others, then report
                 errors.append("%s: %s" % (container.name, err))
+        if not errors:
+            errors = self.wait_until_serving()
         if errors and exc[0] is None:
             raise ArchiveError("could not start again container(s) %s" % "; ".join(errors))
+
+    def wait_until_serving(self, poll=0.2):
+        """Wait for the restarted containers to run (and pass their health check, if they have one).
+
+        Returning before a database is healthy again would hand the next step a stack whose
+        dependants cannot start yet: a rollback would count that wait as downtime.
+        """
+        deadline = time.monotonic() + max(60, self.timeout)
+        pending = list(self.stopped)
+        while pending:
+            for container in list(pending):
+                container.reload()
+                state = container.attrs.get("State") or {}
+                health = (state.get("Health") or {}).get("Status")
+                if state.get("Status") == "running" and health in (None, "healthy"):
+                    pending.remove(container)
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        return ["%s: started again but not healthy within %d s" % (c.name, max(60, self.timeout)) for c in pending]
 
     @property
     def names(self):

@@ -9,120 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import testbed
-from loadgen import LoadGenerator, summarize
-
-CADDYFILE = """\
-# stackops test proxy: the comment, the tabs and the other site must survive every switch
-{{
-\tadmin {admin}
-}}
-
-(headers) {{
-\theader X-Proxy stackops
-}}
-
-:{port} {{
-\timport headers
-\treverse_proxy {upstream} {{
-\t\thealth_uri /health
-\t}}
-}}
-
-:{other_port} {{
-\trespond "other site" 200
-}}
-"""
-
-PROXY_COMPOSE = """\
-services:
-  blue:
-    image: {app}:v1
-  green:
-    image: {app}:v2
-  caddy:
-    image: {caddy}
-    command: ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
-    ports:
-      - "127.0.0.1:{port}:80"
-    volumes:
-      - {mount}
-    depends_on: [blue, green]
-"""
-
-
-class Proxy:
-    """A Caddy in front of blue and green, and how to call caddy_upstream against it."""
-
-    def __init__(self, caddyfile, url, module_args, version_of):
-        self.caddyfile = caddyfile
-        self.url = url
-        self.module_args = module_args
-        self.version_of = version_of  # upstream -> the version it serves
-
-    def switch(self, upstreams, **extra):
-        args = dict(self.module_args, upstreams=upstreams)
-        args.update(extra)
-        return testbed.run_module("caddy_upstream", args, diff=True)
-
-    def served(self):
-        status, body = testbed.http_get(self.url + "/version")
-        return body.strip() if status == 200 else "HTTP %s %s" % (status, body[:80])
-
-    def running_dials(self):
-        return self.module_args.get("_running_dials", lambda: None)()
-
-
-def container_proxy(compose_stack, images, tmp_path, single_file):
-    port = testbed.free_port()
-    proxy_dir = tmp_path / "proxy"
-    proxy_dir.mkdir()
-    caddyfile = proxy_dir / "Caddyfile"
-    caddyfile.write_text(CADDYFILE.format(admin="localhost:2019", port=80, upstream="blue:8080", other_port=8081))
-    mount = "%s:/etc/caddy/Caddyfile" % caddyfile if single_file else "%s:/etc/caddy" % proxy_dir
-    stack = compose_stack(
-        PROXY_COMPOSE.format(app=images["APP_IMAGE"], caddy=images["CADDY_IMAGE"], port=port, mount=mount),
-        prefix="caddy",
-    )
-    stack.up(wait=False)
-    url = "http://127.0.0.1:%d" % port
-    testbed.wait_http(url + "/version", body_contains="v1", timeout=60)
-    container = stack.container_id("caddy")
-    proxy = Proxy(
-        caddyfile,
-        url,
-        {"caddyfile": str(caddyfile), "site": ":80", "container": container},
-        {"blue:8080": "v1", "green:8080": "v2"},
-    )
-    proxy.stack = stack
-    proxy.container = container
-    return proxy
-
-
-def running_dials_in(container):
-    out = testbed.run(["docker", "exec", container, "wget", "-q", "-O", "-", "http://localhost:2019/config/"]).stdout
-    return dials(json.loads(out))
-
-
-def dials(config):
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("handler") == "reverse_proxy":
-                found.append([u["dial"] for u in node["upstreams"]])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return found
+from proxy import CADDYFILE, Proxy, container_proxy, dials, running_dials_in, switch_under_load
 
 
 @pytest.fixture
@@ -194,40 +85,20 @@ def local_running_dials(proxy):
     return dials(json.loads(body))
 
 
-def switch_under_load(proxy, switches=10):
-    """Switch back and forth under >= 100 requests/s; return (summary, wrong_version_samples)."""
-    upstreams = list(proxy.version_of)
-    marks = []
-    load = LoadGenerator(proxy.url + "/version", rate=120, max_requests=6000, max_seconds=150).start()
-    try:
-        time.sleep(1.0)
-        for i in range(switches):
-            target = upstreams[(i + 1) % 2]
-            started = time.monotonic()
-            result = proxy.switch([target])
-            assert not result.get("failed"), result.get("msg")
-            assert result["changed"] and result["reloaded"], result
-            marks.append((started, time.monotonic(), proxy.version_of[target]))
-        # Keep the load on until there are enough samples after the last switch.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(load.samples) < 2100:
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        samples = load.stop()
-    wrong = []
-    for (_start, done, version), following in zip(marks, [*marks[1:], (float("inf"), 0, None)]):
-        for sample in samples:
-            if done < sample.started < following[0] and sample.ok and sample.body.strip() != version:
-                wrong.append((version, sample.body.strip(), round(sample.started - done, 3)))
-    return summarize(samples), wrong, marks
+def module_switch(proxy):
+    def switch(target):
+        result = proxy.switch([target])
+        assert not result.get("failed"), result.get("msg")
+        assert result["changed"] and result["reloaded"], result
+
+    return switch
 
 
 @pytest.mark.parametrize("fixture", ["caddy_container", "caddy_single_file", "caddy_local"])
 def test_switching_back_and_forth_under_load_fails_no_request(fixture, request):
     proxy = request.getfixturevalue(fixture)
     original = proxy.caddyfile.read_text()
-    summary, wrong, marks = switch_under_load(proxy)
+    summary, wrong, marks = switch_under_load(proxy, module_switch(proxy))
     print("%s: %s, switch times %s" % (fixture, summary, [round(b - a, 2) for a, b, _v in marks]))
     assert summary["requests"] >= 2000, summary
     assert summary["rate"] >= 100, summary

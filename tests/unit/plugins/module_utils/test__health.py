@@ -87,6 +87,9 @@ def test_wait_returns_at_the_first_healthy_round_and_times_out_otherwise():
             ok = Waiter.rounds >= 3
             return {}, [_health.Result("x", "container", "passed" if ok else "pending", "")], False
 
+        def state_signature(self):
+            return []
+
     waiter = Waiter(
         None,
         "p",
@@ -102,6 +105,39 @@ def test_wait_returns_at_the_first_healthy_round_and_times_out_otherwise():
     )
     healthy, _states, _results, elapsed = waiter.wait()
     assert healthy and Waiter.rounds == 3 and elapsed == pytest.approx(2.0)
+
+
+def test_a_change_of_container_state_starts_the_next_round_at_once():
+    clock = {"t": 0.0}
+
+    class Waiter(_health.HealthWaiter):
+        rounds = []
+
+        def round(self):
+            Waiter.rounds.append(clock["t"])
+            ok = clock["t"] >= 0.6
+            return {}, [_health.Result("x", "container", "passed" if ok else "pending", "")], False
+
+        def state_signature(self):
+            # The container turns healthy at t=0.5.
+            return ["healthy"] if clock["t"] >= 0.5 else ["starting"]
+
+    waiter = Waiter(
+        None,
+        "p",
+        [],
+        30,
+        5.0,
+        [],
+        [],
+        [],
+        [],
+        clock=lambda: clock["t"],
+        sleep=lambda s: clock.__setitem__("t", clock["t"] + s),
+    )
+    healthy, _states, _results, elapsed = waiter.wait()
+    # Without the watch the second round would come at t=5.0, one interval later.
+    assert healthy and elapsed == pytest.approx(0.6) and len(Waiter.rounds) == 2
 
 
 def test_lines_since_drops_the_previous_runs_last_second():

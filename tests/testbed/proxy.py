@@ -1,0 +1,136 @@
+"""A Caddy in front of app v1 ("blue") and v2 ("green"): shared by the proxy tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import testbed
+from loadgen import LoadGenerator, summarize
+
+CADDYFILE = """\
+# stackops test proxy: the comment, the tabs and the other site must survive every switch
+{{
+\tadmin {admin}
+}}
+
+(headers) {{
+\theader X-Proxy stackops
+}}
+
+:{port} {{
+\timport headers
+\treverse_proxy {upstream} {{
+\t\thealth_uri /health
+\t}}
+}}
+
+:{other_port} {{
+\trespond "other site" 200
+}}
+"""
+
+PROXY_COMPOSE = """\
+services:
+  blue:
+    image: {app}:v1
+  green:
+    image: {app}:v2
+  caddy:
+    image: {caddy}
+    command: ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+    ports:
+      - "127.0.0.1:{port}:80"
+    volumes:
+      - {mount}
+    depends_on: [blue, green]
+"""
+
+
+class Proxy:
+    """A Caddy in front of blue and green, and how to call caddy_upstream against it."""
+
+    def __init__(self, caddyfile, url, module_args, version_of):
+        self.caddyfile = caddyfile
+        self.url = url
+        self.module_args = module_args
+        self.version_of = version_of  # upstream -> the version it serves
+
+    def switch(self, upstreams, **extra):
+        args = dict(self.module_args, upstreams=upstreams)
+        args.update(extra)
+        return testbed.run_module("caddy_upstream", args, diff=True)
+
+    def served(self):
+        status, body = testbed.http_get(self.url + "/version")
+        return body.strip() if status == 200 else "HTTP %s %s" % (status, body[:80])
+
+
+def container_proxy(compose_stack, images, tmp_path, single_file):
+    """Caddy 2.6 in a container, its Caddyfile (or the Caddyfile's directory) bind-mounted."""
+    port = testbed.free_port()
+    proxy_dir = tmp_path / "proxy"
+    proxy_dir.mkdir()
+    caddyfile = proxy_dir / "Caddyfile"
+    caddyfile.write_text(CADDYFILE.format(admin="localhost:2019", port=80, upstream="blue:8080", other_port=8081))
+    mount = "%s:/etc/caddy/Caddyfile" % caddyfile if single_file else "%s:/etc/caddy" % proxy_dir
+    stack = compose_stack(
+        PROXY_COMPOSE.format(app=images["APP_IMAGE"], caddy=images["CADDY_IMAGE"], port=port, mount=mount),
+        prefix="caddy",
+    )
+    stack.up(wait=False)
+    url = "http://127.0.0.1:%d" % port
+    testbed.wait_http(url + "/version", body_contains="v1", timeout=60)
+    container = stack.container_id("caddy")
+    proxy = Proxy(
+        caddyfile,
+        url,
+        {"caddyfile": str(caddyfile), "site": ":80", "container": container},
+        {"blue:8080": "v1", "green:8080": "v2"},
+    )
+    proxy.stack = stack
+    proxy.container = container
+    return proxy
+
+
+def running_dials_in(container):
+    out = testbed.run(["docker", "exec", container, "wget", "-q", "-O", "-", "http://localhost:2019/config/"]).stdout
+    return dials(json.loads(out))
+
+
+def dials(config):
+    from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import proxy_dials
+
+    return proxy_dials(config)
+
+
+def switch_under_load(proxy, switch, switches=10, rate=120, min_requests=2100):
+    """Switch back and forth `switches` times with switch(upstream) under `rate` requests/s.
+
+    Returns (summary, wrong, marks): the load summary, (switch index, version, answer, delay) of
+    requests sent after a switch returned that still came from the other version, and
+    (start, end, version) per switch.
+    """
+    upstreams = list(proxy.version_of)
+    marks = []
+    load = LoadGenerator(proxy.url + "/version", rate=rate, max_requests=6000, max_seconds=150).start()
+    try:
+        time.sleep(1.0)
+        for i in range(switches):
+            target = upstreams[(i + 1) % 2]
+            started = time.monotonic()
+            switch(target)
+            marks.append((started, time.monotonic(), proxy.version_of[target]))
+        # Keep the load on until there are enough samples after the last switch.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(load.samples) < min_requests:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        samples = load.stop()
+    wrong = []
+    for index, ((_start, done, version), following) in enumerate(zip(marks, [*marks[1:], (float("inf"), 0, None)])):
+        for sample in samples:
+            if done < sample.started < following[0] and sample.ok and sample.body.strip() != version:
+                wrong.append((index, version, sample.body.strip(), round(sample.started - done, 3)))
+    return summarize(samples), wrong, marks
