@@ -20,9 +20,8 @@ import tarfile
 import tempfile
 import threading
 import time
-from urllib.error import URLError
-from urllib.request import Request, urlopen
 
+from ansible.module_utils.urls import open_url
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import describe, is_docker_error, is_not_found
 
 DEFAULT_ADMIN_URL = "http://localhost:2019"
@@ -107,9 +106,9 @@ class LocalCaddy:
     def running_config(self, timeout=10):
         url = config_url(self.admin_url)
         try:
-            with urlopen(Request(url, headers={"Accept": "application/json"}), timeout=timeout) as response:  # noqa: S310
-                return parse_config(response.read().decode("utf-8"), url)
-        except (URLError, OSError) as exc:
+            response = open_url(url, headers={"Accept": "application/json"}, timeout=timeout)
+            return parse_config(response.read().decode("utf-8"), url)
+        except (OSError, ValueError) as exc:
             raise CaddyError(
                 "the Caddy admin API at %s is unreachable (%s); is Caddy running, and is admin_url right?" % (url, exc)
             ) from exc

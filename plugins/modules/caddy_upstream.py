@@ -25,7 +25,7 @@ description:
     upstreams the new file adapts to. If the reload fails or times out, or the running config does not
     match, the previous file is put back and reloaded, and the module fails with the reason.
   - A file that already names the requested upstreams, with a running config that dials them, is left
-    alone: no write and no reload.
+    alone - no write and no reload.
 author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:

