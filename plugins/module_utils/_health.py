@@ -214,12 +214,25 @@ class LogCheck:
                 return line.strip()
         return None
 
+    @staticmethod
+    def run_start(state):
+        """Where the current run's log lines begin (None: the whole log is this run's).
+
+        A process can write its first line before Docker records StartedAt, so StartedAt itself
+        would drop it. The previous run ended at FinishedAt: every line after that is this run's.
+        """
+        started = parse_docker_time(state.get("StartedAt"))
+        finished = parse_docker_time(state.get("FinishedAt"))
+        if finished is None or started is None:
+            return None
+        if finished < started:
+            return finished + 1e-6
+        return started - 0.5  # exited now: its run began shortly before StartedAt at the earliest
+
     def evaluate(self, containers):
         name = "logs of %s" % self.service
         for container in containers:
-            since = self.since
-            if since is None:
-                since = parse_docker_time(container.attrs.get("State", {}).get("StartedAt"))
+            since = self.since if self.since is not None else self.run_start(container.attrs.get("State", {}))
             # Older SDKs (python3-docker 5 in Debian 12) take whole seconds only; that second may
             # hold the last lines of the previous run, so lines are also filtered by their own time.
             kwargs = {"stdout": True, "stderr": True, "tail": LOG_TAIL_LINES, "timestamps": True}

@@ -122,3 +122,20 @@ def test_lines_since_drops_the_previous_runs_last_second():
     since = _health.parse_docker_time("2026-11-24T20:41:00.500Z")
     assert _health.lines_since(text, since) == "database system is ready\nnot timestamped"
     assert "FATAL" in _health.lines_since(text, None)
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        # First run: the whole log is this run's, even a line written before StartedAt.
+        ({"StartedAt": "2026-11-24T20:41:00.5Z", "FinishedAt": "0001-01-01T00:00:00Z"}, None),
+        # Restarted: lines after the previous run's end are this run's.
+        ({"StartedAt": "2026-11-24T20:41:02Z", "FinishedAt": "2026-11-24T20:41:01Z"}, 1795552861.000001),
+        # Exited now: its run began shortly before StartedAt at the earliest.
+        ({"StartedAt": "2026-11-24T20:41:02Z", "FinishedAt": "2026-11-24T20:41:05Z"}, 1795552861.5),
+    ],
+    ids=["first-run", "restarted", "exited"],
+)
+def test_log_window_starts_where_the_current_run_does(state, expected):
+    got = _health.LogCheck.run_start(state)
+    assert got == (pytest.approx(expected) if expected is not None else None)
