@@ -30,6 +30,9 @@ TOOL = "stackops.rollback.volume_backup"
 MANIFEST_SUFFIX = ".manifest.json"
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
 CHUNK = 1024 * 1024
+# tarfile's stream reader copies its whole buffer on every read, headers included: a small
+# buffer keeps that cheap while file contents still move in CHUNK pieces.
+STREAM_BUFSIZE = 64 * 1024
 ROOT = "."
 
 
@@ -124,7 +127,7 @@ def read_members(reader, strict=True, on_member=None, digests=True):
     """
     members = {}
     try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFSIZE) as tar:
             for info in tar:
                 name = normalize(info.name)
                 reason = hostile_reason(info, members)
@@ -360,7 +363,7 @@ def rewrite_for_root(chunks, prefix):
     """
     reader = IterReader(chunks)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFSIZE) as tar:
             known = {}
             for info in tar:
                 reason = hostile_reason(info, known)
