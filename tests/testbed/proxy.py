@@ -104,7 +104,7 @@ def dials(config):
     return proxy_dials(config)
 
 
-def switch_under_load(proxy, switch, switches=10, rate=120, min_requests=2100):
+def switch_under_load(proxy, switch, switches=10, rate=120, min_requests=2100, hold=1.0):
     """Switch back and forth `switches` times with switch(upstream) under `rate` requests/s.
 
     Returns (summary, wrong, marks): the load summary, (switch index, version, answer, delay) of
@@ -121,6 +121,7 @@ def switch_under_load(proxy, switch, switches=10, rate=120, min_requests=2100):
             started = time.monotonic()
             switch(target)
             marks.append((started, time.monotonic(), proxy.version_of[target]))
+            time.sleep(hold)  # every switch gets a window of answers to be judged by
         # Keep the load on until there are enough samples after the last switch.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(load.samples) < min_requests:
