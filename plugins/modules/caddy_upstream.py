@@ -223,14 +223,15 @@ class UpstreamSwitch:
         new_text, previous, candidate = replace_upstreams(
             old_text, self.p["site"], self.p["upstreams"], self.p["match"]
         )
-        running = self.caddy.preflight()
+        # Only the dial addresses are compared: they are what a switch changes.
+        dials_before = proxy_dials(self.caddy.preflight())
         written = new_text != old_text
         if written and not os.access(self.path, os.W_OK):
             raise CaddyfileError(
                 "the Caddyfile %s is not writable by this user; run with become or fix its permissions" % self.path
             )
-        expected = self.caddy.adapt(new_text, timeout)
-        needs_reload = self.p["reload"] and (written or proxy_dials(running) != proxy_dials(expected))
+        dials_wanted = proxy_dials(self.caddy.adapt(new_text, timeout))
+        needs_reload = self.p["reload"] and (written or dials_before != dials_wanted)
         result = dict(
             changed=written or needs_reload,
             previous_upstreams=previous,
@@ -250,29 +251,29 @@ class UpstreamSwitch:
         if needs_reload:
             started = time.monotonic()
             try:
-                self.reload_and_confirm(expected, timeout)
+                self.reload_and_confirm(dials_wanted, timeout)
             except CaddyError as exc:
-                self.put_back(old_text, running, timeout, exc, result)
+                self.put_back(old_text, dials_before, timeout, exc, result)
             result["reloaded"] = True
             result["reload_seconds"] = round(time.monotonic() - started, 3)
         return result
 
-    def reload_and_confirm(self, expected, timeout):
+    def reload_and_confirm(self, dials_wanted, timeout):
         self.caddy.reload(timeout)
-        running = self.caddy.running_config(timeout)
-        if proxy_dials(running) != proxy_dials(expected):
+        dials_running = proxy_dials(self.caddy.running_config(timeout))
+        if dials_running != dials_wanted:
             raise CaddyError(
                 "after the reload Caddy's running config dials %s, not %s as the new Caddyfile says; "
-                "the running Caddy may not read this file" % (proxy_dials(running), proxy_dials(expected))
+                "the running Caddy may not read this file" % (dials_running, dials_wanted)
             )
 
-    def put_back(self, old_text, running_before, timeout, reason, result):
+    def put_back(self, old_text, dials_before, timeout, reason, result):
         """Restore the previous file and config, then fail with the reason."""
         if result["written"]:
             write_in_place(self.path, old_text)
         try:
             self.caddy.reload(timeout)
-            restored = proxy_dials(self.caddy.running_config(timeout)) == proxy_dials(running_before)
+            restored = proxy_dials(self.caddy.running_config(timeout)) == dials_before
             state = "the previous Caddyfile is back and Caddy runs it again"
             if not restored:
                 state = (
