@@ -117,6 +117,18 @@ def member_record(info, digest=None):
     return record
 
 
+def member_blocks(tar, info):
+    """The contents of a regular member of a streamed tar, CHUNK by CHUNK; raise when cut short."""
+    src = tar.extractfile(info)
+    remaining = info.size
+    while remaining:
+        block = src.read(min(CHUNK, remaining))
+        if not block:
+            raise ArchiveError("member %r is truncated" % info.name)
+        remaining -= len(block)
+        yield block
+
+
 def read_members(reader, strict=True, on_member=None, digests=True):
     """Parse a tar stream (an IterReader); return {name: record} for every member.
 
@@ -136,14 +148,8 @@ def read_members(reader, strict=True, on_member=None, digests=True):
                 digest = None
                 if info.isreg() and digests:
                     h = hashlib.sha256()
-                    src = tar.extractfile(info)
-                    remaining = info.size
-                    while remaining:
-                        block = src.read(min(CHUNK, remaining))
-                        if not block:
-                            raise ArchiveError("member %r is truncated" % info.name)
+                    for block in member_blocks(tar, info):
                         h.update(block)
-                        remaining -= len(block)
                     digest = h.hexdigest()
                 members[name] = member_record(info, digest)
                 if on_member:
@@ -376,14 +382,7 @@ def rewrite_for_root(chunks, prefix):
                     info.linkname = "%s/%s" % (prefix, normalize(info.linkname))
                 yield info.tobuf(format=tarfile.PAX_FORMAT)
                 if info.isreg() and info.size:
-                    src = tar.extractfile(info)
-                    remaining = info.size
-                    while remaining:
-                        block = src.read(min(CHUNK, remaining))
-                        if not block:
-                            raise ArchiveError("member %r is truncated" % info.name)
-                        remaining -= len(block)
-                        yield block
+                    yield from member_blocks(tar, info)
                     pad = (-info.size) % tarfile.BLOCKSIZE
                     if pad:
                         yield b"\0" * pad

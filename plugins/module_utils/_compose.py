@@ -120,11 +120,12 @@ class Compose:
             docker_host=p.get("docker_host"),
         )
 
+    def docker_args(self):
+        """The docker CLI with this engine's --host."""
+        return [self.docker_cli] + (["--host", self.docker_host] if self.docker_host else [])
+
     def base_args(self):
-        args = [self.docker_cli]
-        if self.docker_host:
-            args += ["--host", self.docker_host]
-        args.append("compose")
+        args = [*self.docker_args(), "compose"]
         if self.project_src:
             args += ["--project-directory", self.project_src]
         for name in self.files:
@@ -185,8 +186,7 @@ class Compose:
         _rc, out, _err = self.run(["ps", "--all", "--quiet", "--", *list(services)])
         ids = out.split()
         if ids:
-            cmd = [self.docker_cli] + (["--host", self.docker_host] if self.docker_host else []) + ["start"] + ids
-            rc, out, err = self.module.run_command(cmd)
+            rc, out, err = self.module.run_command([*self.docker_args(), "start", *ids])
             if rc != 0:
                 raise ComposeError("docker start of %s failed: %s" % (", ".join(services), (err or out).strip()), rc=rc)
         return ids

@@ -133,6 +133,17 @@ def atomic_write(path, data, mode=0o600):
     fsync_dir(directory)
 
 
+def append_json_line(path, record):
+    """Append one JSON line to path (0600 when created) and fsync it before returning."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(directory):
     """Make a rename in `directory` durable."""
     dir_fd = os.open(directory, os.O_RDONLY)
@@ -239,23 +250,11 @@ class Ledger:
 
     def append_event(self, event):
         self.ensure_dirs()
-        line = (json.dumps(event, sort_keys=True) + "\n").encode()
-        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_json_line(self.history_path, event)
 
     def audit(self, entry):
         self.ensure_dirs()
-        line = (json.dumps(dict(entry, project=self.project), sort_keys=True) + "\n").encode()
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_json_line(self.audit_path, dict(entry, project=self.project))
 
     def current_id(self):
         events = self.history()

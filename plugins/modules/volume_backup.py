@@ -231,6 +231,18 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
 )
 
 
+def archive_facts(archive, manifest):
+    """What restore and verify report about an archive, from its manifest."""
+    return {
+        "archive": archive,
+        "manifest": manifest_path(archive),
+        "sha256": manifest["sha256"],
+        "size": manifest["size"],
+        "files": manifest.get("files"),
+        "bytes": manifest.get("bytes"),
+    }
+
+
 class VolumeBackupManager:
     def __init__(self, module, client):
         self.module = module
@@ -421,17 +433,12 @@ class VolumeBackupManager:
             )
             attrs = get_volume(self.client, name)
         differences = compare_members(manifest["members"], self.current_members(name))
-        result = {
-            "archive": archive,
-            "manifest": manifest_path(archive),
-            "sha256": manifest["sha256"],
-            "size": manifest["size"],
-            "files": manifest.get("files"),
-            "bytes": manifest.get("bytes"),
-            "compression": compression,
-            "differences": differences[:20],
-            "stopped_containers": [],
-        }
+        result = dict(
+            archive_facts(archive, manifest),
+            compression=compression,
+            differences=differences[:20],
+            stopped_containers=[],
+        )
         if not differences or self.module.check_mode:
             result.update(changed=bool(differences), duration=round(time.time() - started, 3))
             return result
@@ -465,18 +472,13 @@ class VolumeBackupManager:
             raise ArchiveError("state=verify needs archive, the archive to check")
         started = time.time()
         manifest = verify_archive(archive, self.zstd)
-        return {
-            "changed": False,
-            "archive": archive,
-            "manifest": manifest_path(archive),
-            "sha256": manifest["sha256"],
-            "size": manifest["size"],
-            "files": manifest.get("files"),
-            "bytes": manifest.get("bytes"),
-            "compression": manifest.get("compression"),
-            "stopped_containers": [],
-            "duration": round(time.time() - started, 3),
-        }
+        return dict(
+            archive_facts(archive, manifest),
+            changed=False,
+            compression=manifest.get("compression"),
+            stopped_containers=[],
+            duration=round(time.time() - started, 3),
+        )
 
     def run(self):
         p = self.params
