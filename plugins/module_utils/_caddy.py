@@ -27,6 +27,28 @@ from ansible_collections.stackops.rollback.plugins.module_utils._docker import d
 DEFAULT_ADMIN_URL = "http://localhost:2019"
 CANDIDATE_PREFIX = ".stackops-candidate-"
 
+# Caddy on Linux listens with SO_REUSEPORT: a reload opens a new socket and closes the old one,
+# and the kernel resets the connections still queued on the old one unless this setting (per
+# network namespace, Linux >= 5.14) moves them to the new socket.
+MIGRATE_REQ_SYSCTL = "net.ipv4.tcp_migrate_req"
+MIGRATE_REQ_PATH = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def parse_migrate_req(text):
+    """True or False from the setting's file content; None when it is unknown (older kernel)."""
+    value = (text or "").strip()
+    return value == "1" if value in ("0", "1") else None
+
+
+def queued_connections_warning(where):
+    return (
+        "Caddy %s runs with %s=0: each reload resets the connections waiting in the old listening socket's "
+        "queue (Caddy listens with SO_REUSEPORT), about one per 20-40 reloads under load. Set it to 1 in "
+        "Caddy's network namespace - 'sysctls: {%s: 1}' on the Caddy container, or 'sysctl -w %s=1' on "
+        "the host for Caddy under systemd or with network_mode host"
+        % (where, MIGRATE_REQ_SYSCTL, MIGRATE_REQ_SYSCTL, MIGRATE_REQ_SYSCTL)
+    )
+
 
 class CaddyError(Exception):
     """Caddy refused or could not be reached; the message carries Caddy's own words."""
@@ -94,6 +116,14 @@ class LocalCaddy:
         if rc != 0:
             raise CaddyError("Caddy rejects the new Caddyfile: %s" % last_lines(err.replace(path, self.caddyfile)))
         return parse_config(out, "caddy adapt")
+
+    def migrates_queued_connections(self):
+        """Whether a reload keeps queued connections (see MIGRATE_REQ_SYSCTL); None when unknown."""
+        try:
+            with open(MIGRATE_REQ_PATH, encoding="ascii") as handle:
+                return parse_migrate_req(handle.read())
+        except OSError:
+            return None
 
     def reload(self, timeout):
         args = ["reload", "--config", self.caddyfile, "--adapter", "caddyfile"]
@@ -232,6 +262,11 @@ class ContainerCaddy:
         if rc != 0:
             raise CaddyError("Caddy rejects the new Caddyfile: %s" % last_lines(err.replace(path, self.inner_path)))
         return parse_config(out, "caddy adapt in %s" % self.name)
+
+    def migrates_queued_connections(self):
+        """Whether a reload keeps queued connections, read in the container's network namespace."""
+        rc, out, _err = self._exec(["cat", MIGRATE_REQ_PATH], 10)
+        return parse_migrate_req(out) if rc == 0 else None
 
     def reload(self, timeout):
         cmd = ["caddy", "reload", "--config", self.inner_path, "--adapter", "caddyfile"]

@@ -99,6 +99,11 @@ options:
     type: bool
     default: true
 notes:
+  - Caddy on Linux listens with C(SO_REUSEPORT), and a reload replaces its listening socket. Unless
+    C(net.ipv4.tcp_migrate_req=1) is set in Caddy's network namespace, the kernel resets connections
+    still queued on the old socket (about one per 20-40 reloads under load). The module reads the
+    setting, returns it as RV(reload_keeps_queued_connections) and warns when it is off; set it with
+    C(sysctls) on the Caddy container, or C(sysctl) on the host for Caddy under systemd.
   - Order the switch before stopping the old backend, and keep the old backend running until the module
     returns; this module does not stop or start backends.
 seealso:
@@ -162,6 +167,13 @@ backup_file:
   returned: when the file was rewritten and O(backup=true)
   type: str
   sample: /srv/proxy/Caddyfile.4242.2026-11-24@10:31:02~
+reload_keeps_queued_connections:
+  description:
+    - Whether C(net.ipv4.tcp_migrate_req) is on in Caddy's network namespace, so that a reload resets no
+      queued connection; V(null) when it cannot be read (kernels before 5.14 lack it).
+  returned: always
+  type: bool
+  sample: true
 reload_seconds:
   description: Time from writing the file to the running config confirming the new upstreams.
   returned: when Caddy was reloaded
@@ -178,6 +190,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._caddy import (
     CaddyError,
     ContainerCaddy,
     LocalCaddy,
+    queued_connections_warning,
 )
 from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import (
     CaddyfileError,
@@ -239,7 +252,10 @@ class UpstreamSwitch:
             directive=candidate.describe(),
             written=written,
             reloaded=False,
+            reload_keeps_queued_connections=self.caddy.migrates_queued_connections(),
         )
+        if result["reload_keeps_queued_connections"] is False:
+            self.module.warn(queued_connections_warning(self.caddy.describe()))
         if written and self.module._diff:
             result["diff"] = dict(before=old_text, after=new_text, before_header=self.path, after_header=self.path)
         if self.module.check_mode or not result["changed"]:

