@@ -51,27 +51,9 @@ def field_guide(proxy):
     return switch
 
 
-class Stacks:
-    """Compose stacks made for one measurement, all taken down afterwards."""
-
-    def __init__(self, work):
-        self.work = work
-        self.made = []
-
-    def __call__(self, yaml, files=None, prefix=None):
-        name = testbed.unique_name(prefix or "bench-caddy")
-        stack = testbed.ComposeStack(self.work / name, name, yaml, files)
-        self.made.append(stack)
-        return stack
-
-    def down(self):
-        for stack in self.made:
-            stack.down()
-
-
 def reload_storm(migrate_req, work):
     """Reload Caddy STORM_RELOADS times (the field guide's way) under 150 requests/s; count resets."""
-    stacks = Stacks(work)
+    stacks = testbed.Stacks(work)
     try:
         proxy = container_proxy(stacks, testbed.IMAGES, Path(tempfile.mkdtemp(dir=work)), False, migrate_req)
         switch = field_guide(proxy)
@@ -91,7 +73,7 @@ def reload_storm(migrate_req, work):
 
 
 def measure(method, single_file, work):
-    stacks = Stacks(work)
+    stacks = testbed.Stacks(work)
     directory = Path(tempfile.mkdtemp(dir=work))
     try:
         proxy = container_proxy(stacks, testbed.IMAGES, directory, single_file)

@@ -96,6 +96,17 @@ def port_is_free(port, host_ip=""):
     return True
 
 
+def published_ports(containers):
+    """Host ports (ints) published by these Docker SDK containers."""
+    ports = set()
+    for container in containers:
+        for bindings in (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
+            for binding in bindings or []:
+                if str(binding.get("HostPort") or "").isdigit():
+                    ports.add(int(binding["HostPort"]))
+    return ports
+
+
 def alternate_ports(model, services, offset=None, port_map=None, is_free=port_is_free):
     """Map each published port of the duplicable services to its alternate; check they are free."""
     port_map = {int(k): int(v) for k, v in (port_map or {}).items()}

@@ -19,7 +19,7 @@ description:
   - Starting a second copy of a service that mounts a named volume is refused, as is a service with a
     fixed C(container_name), or a single service whose image the target release changes.
   - Published ports of the copies move by O(port_offset) or O(port_map); the alternate ports must be
-    free on the host.
+    free on the host, or published by the copy itself (a run that resumes a dead one).
   - The written file holds the resolved configuration, environment included, and is made 0600.
 author:
   - stackops.rollback developers (@stackops)
@@ -160,10 +160,13 @@ from ansible_collections.stackops.rollback.plugins.module_utils._alternate impor
     AlternateError,
     alternate_model,
     alternate_ports,
+    port_is_free,
+    published_ports,
     split_services,
     upstreams,
 )
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose, ComposeError
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import get_client
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import atomic_write
 
 
@@ -184,7 +187,17 @@ class AlternateRenderer:
         ).config()
         services, single = split_services(model, p["services"])
         self.check_single_images(model, single)
-        mapping = alternate_ports(model, services, p["port_offset"], p["port_map"])
+        # A run that resumes a dead one finds its own copy on the alternate ports: they are its own.
+        own = published_ports(
+            get_client(self.module).containers.list(all=True, filters={"label": "com.docker.compose.project=%s" % name})
+        )
+        mapping = alternate_ports(
+            model,
+            services,
+            p["port_offset"],
+            p["port_map"],
+            is_free=lambda port, host_ip="": port in own or port_is_free(port, host_ip),
+        )
         content = (
             json.dumps(alternate_model(model, p["project_name"], name, services, mapping), indent=2, sort_keys=True)
             + "\n"

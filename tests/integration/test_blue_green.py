@@ -7,7 +7,9 @@ guide's setup: green gets alternate host ports).
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 import time
 
@@ -15,53 +17,7 @@ import pytest
 import testbed
 from loadgen import LoadGenerator, summarize
 from proxy import HostCaddy, host_migrates_queued_connections
-from shop import LEDGER, Shop
-
-PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_blue_green.yml"
-
-
-class BlueGreenShop(Shop):
-    """The shop behind Caddy, rolled back by playbooks/rollback_blue_green.yml."""
-
-    def __init__(self, stack, port, tmp_path, caddy):
-        super().__init__(stack, port, tmp_path)
-        self.caddy = caddy
-        self.green_port = testbed.free_port()
-
-    def rollback(self, check=False, **variables):
-        extra = {
-            "blue_green_project_src": str(self.dir),
-            "blue_green_proxy_service": "app",
-            "blue_green_proxy_port": 8080,
-            "blue_green_port_map": {str(self.port): self.green_port},
-            "blue_green_caddyfile": str(self.caddy.caddyfile),
-            "blue_green_caddy_site": self.caddy.site,
-            "blue_green_caddy_container": self.caddy.container,
-            "blue_green_caddy_admin_url": self.caddy.admin_url,
-            "blue_green_proxy_url": self.caddy.url + "/version",
-            "blue_green_health_timeout": 60,
-            "blue_green_drain_seconds": 1,
-        }
-        extra.update(variables)
-        return testbed.run_playbook(PLAYBOOK, extra, inventory=str(self.inventory), check=check)
-
-    def served(self):
-        return testbed.http_get(self.caddy.url + "/version")[1].strip()
-
-    def containers(self, project=None):
-        """(service, image tag, status) of the project's containers, from the engine."""
-        out = testbed.run(
-            [
-                "docker",
-                "ps",
-                "-a",
-                "--filter",
-                "label=com.docker.compose.project=%s" % (project or self.stack.name),
-                "--format",
-                '{{.Label "com.docker.compose.service"}} {{.Image}} {{.State}}',
-            ]
-        ).stdout
-        return sorted(tuple(line.split()) for line in out.splitlines() if line.strip())
+from shop import LEDGER, BlueGreenShop, versions_in_order
 
 
 @pytest.fixture
@@ -120,15 +76,6 @@ class DbWatch:
         self._thread.join()
 
 
-def versions_in_order(samples):
-    """The versions served, consecutive repeats folded: ['v2', 'v1'] for one switch."""
-    order = []
-    for sample in samples:
-        if sample.ok and (not order or order[-1] != sample.body.strip()):
-            order.append(sample.body.strip())
-    return order
-
-
 def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop):
     shop = bg_shop
     v1 = shop.deploy("v1")
@@ -164,3 +111,99 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop):
     listing = shop.info()
     assert listing["current"]["id"] == v1
     assert "rolled back blue-green from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
+
+
+def under_load(shop, action, min_requests=1500):
+    """Run action() with 120 requests/s going through Caddy; return (its result, samples)."""
+    load = LoadGenerator(shop.caddy.url + "/version", rate=120, max_requests=9000, max_seconds=150).start()
+    try:
+        time.sleep(1.0)
+        result = action()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(load.samples) < min_requests:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        samples = load.stop()
+    return result, samples
+
+
+def test_unhealthy_green_is_removed_and_blue_keeps_serving(bg_shop):
+    shop = bg_shop
+    broken = shop.deploy_unrecorded_broken()
+    v2 = shop.deploy("v2")
+    caddyfile = shop.caddy.caddyfile.read_bytes()
+    dials = shop.caddy.running_dials()
+
+    result, samples = under_load(shop, lambda: shop.rollback(blue_green_target=broken, blue_green_health_timeout=15))
+    summary = summarize(samples)
+    print("unhealthy green under load: %s" % summary)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "blue (release %s) and Caddy were not touched: blue still serves" % v2 in result.stdout, result.stdout[
+        -5000:
+    ]
+    assert summary["failed"] == 0 and summary["requests"] >= 1500, summary
+    assert versions_in_order(samples) == ["v2"]
+    assert shop.caddy.caddyfile.read_bytes() == caddyfile
+    assert shop.caddy.running_dials() == dials
+    assert shop.containers(shop.stack.name + "-green") == []
+    assert shop.info()["lock"] is None
+    assert shop.info()["current"]["id"] == v2
+
+
+def test_target_not_answering_through_caddy_switches_back_to_blue(bg_shop):
+    shop = bg_shop
+    shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    shop.write("kept")
+    caddyfile = shop.caddy.caddyfile.read_text()
+
+    result, samples = under_load(shop, lambda: shop.rollback(blue_green_proxy_expect="^no-such-version$"))
+    summary = summarize(samples)
+    print("failure after the switch, under load: %s" % summary)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "FAILED at step 'verify through Caddy'" in result.stdout, result.stdout[-5000:]
+    assert "Caddy was switched back to blue (release %s)" % v2 in result.stdout
+    assert summary["failed"] == 0 and summary["requests"] >= 1500, summary
+    # Traffic went to green (v1) and came back to blue (v2).
+    assert versions_in_order(samples) in (["v2", "v1", "v2"], ["v2"])
+    assert versions_in_order(samples)[-1] == "v2"
+    assert shop.caddy.caddyfile.read_text() == caddyfile
+    assert shop.caddy.running_dials() == [["127.0.0.1:%d" % shop.port]]
+    assert shop.containers(shop.stack.name + "-green") == []
+    assert shop.rows() == ["kept"]
+    assert shop.audit()[-1]["event"] == "failed_rollback"
+
+
+@pytest.mark.parametrize("phase", ["green_started", "switched_to_alternate", "blue_stopped", "primary_started"])
+def test_run_killed_at_a_step_is_finished_by_the_next_run(bg_shop, tmp_path, phase):
+    shop = bg_shop
+    v1 = shop.deploy("v1")
+    shop.deploy("v2")
+    shop.write("kept")
+
+    log = tmp_path / "killed-run.log"
+    run = shop.start_rollback(log)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and run.poll() is None:
+            if (shop.lock() or {}).get("phase") == phase:
+                break
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before phase %s: %s" % (phase, log.read_text()[-3000:])
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    assert (shop.lock() or {}).get("phase") == phase, "the lock does not record phase %s" % phase
+
+    result = shop.rollback()
+    assert_ok(result)
+    assert "it was rolling back from release" in result.stdout
+    assert shop.served() == "v1"
+    assert shop.version() == "v1"
+    assert shop.containers(shop.stack.name + "-green") == []
+    assert shop.caddy.running_dials() == [["127.0.0.1:%d" % shop.port]]
+    assert [state for service, _image, state in shop.containers() if service == "db"] == ["running"]
+    assert shop.rows() == ["kept"]
+    listing = shop.info()
+    assert listing["current"]["id"] == v1 and listing["lock"] is None

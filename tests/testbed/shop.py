@@ -9,6 +9,7 @@ from pathlib import Path
 import testbed
 
 LEDGER = Path("/var/lib/stackops-rollback")
+BLUE_GREEN_PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_blue_green.yml"
 
 
 class Shop:
@@ -64,3 +65,80 @@ class Shop:
         path = LEDGER / "audit.log"
         lines = path.read_text().splitlines() if path.exists() else []
         return [json.loads(x) for x in lines if json.loads(x).get("project") == self.stack.name]
+
+
+class BlueGreenShop(Shop):
+    """The shop behind Caddy, rolled back by playbooks/rollback_blue_green.yml."""
+
+    def __init__(self, stack, port, tmp_path, caddy):
+        super().__init__(stack, port, tmp_path)
+        self.caddy = caddy
+        self.green_port = testbed.free_port()
+
+    def rollback(self, check=False, **variables):
+        return testbed.run_playbook(
+            BLUE_GREEN_PLAYBOOK, self.variables(**variables), inventory=str(self.inventory), check=check
+        )
+
+    def start_rollback(self, log_path, **variables):
+        return testbed.start_playbook(
+            BLUE_GREEN_PLAYBOOK, self.variables(**variables), str(self.inventory), str(log_path)
+        )
+
+    def variables(self, **variables):
+        extra = {
+            "blue_green_project_src": str(self.dir),
+            "blue_green_proxy_service": "app",
+            "blue_green_proxy_port": 8080,
+            "blue_green_port_map": {str(self.port): self.green_port},
+            "blue_green_caddyfile": str(self.caddy.caddyfile),
+            "blue_green_caddy_site": self.caddy.site,
+            "blue_green_caddy_container": self.caddy.container,
+            "blue_green_caddy_admin_url": self.caddy.admin_url,
+            "blue_green_proxy_url": self.caddy.url + "/version",
+            "blue_green_health_timeout": 60,
+            "blue_green_drain_seconds": 1,
+        }
+        extra.update(variables)
+        return extra
+
+    def lock(self):
+        try:
+            return json.loads((LEDGER / "projects" / self.stack.name / "lock").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def deploy_unrecorded_broken(self):
+        """Deploy the image whose /health fails, record it as a release, then go back to v2."""
+        env = self.dir / ".env"
+        env.write_text("APP_TAG=broken\nDB_PASSWORD=pw-shop\nAPP_SECRET=s\n")
+        self.stack.up(wait=False)
+        testbed.wait_http(self.url + "/version", body_contains="broken")
+        return self.record("broken")
+
+    def served(self):
+        return testbed.http_get(self.caddy.url + "/version")[1].strip()
+
+    def containers(self, project=None):
+        """(service, image tag, status) of the project's containers, from the engine."""
+        out = testbed.run(
+            [
+                "docker",
+                "ps",
+                "-a",
+                "--filter",
+                "label=com.docker.compose.project=%s" % (project or self.stack.name),
+                "--format",
+                '{{.Label "com.docker.compose.service"}} {{.Image}} {{.State}}',
+            ]
+        ).stdout
+        return sorted(tuple(line.split()) for line in out.splitlines() if line.strip())
+
+
+def versions_in_order(samples):
+    """The versions served, consecutive repeats folded: ['v2', 'v1'] for one switch."""
+    order = []
+    for sample in samples:
+        if sample.ok and (not order or order[-1] != sample.body.strip()):
+            order.append(sample.body.strip())
+    return order

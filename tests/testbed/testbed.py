@@ -197,6 +197,24 @@ class ComposeStack:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
 
 
+class Stacks:
+    """Compose stacks made for one measurement, all taken down afterwards."""
+
+    def __init__(self, work):
+        self.work = work
+        self.made = []
+
+    def __call__(self, yaml, files=None, prefix=None):
+        name = unique_name(prefix or "bench")
+        stack = ComposeStack(self.work / name, name, yaml, files)
+        self.made.append(stack)
+        return stack
+
+    def down(self):
+        for stack in self.made:
+            stack.down()
+
+
 def ansible_env(extra=None):
     env = dict(os.environ)
     env.update(
@@ -258,26 +276,49 @@ def run_module(module, args, check=False, diff=False, env=None, timeout=600):
         ) from exc
 
 
-def run_playbook(
-    playbook, extra_vars=None, inventory="localhost,", limit=None, check=False, env=None, timeout=1200, extra_args=()
-):
-    """Run ansible-playbook; returns the CompletedProcess (stdout holds the play's output)."""
+def playbook_command(playbook, extra_vars_file=None, inventory="localhost,", limit=None, check=False, extra_args=()):
     cmd = [str(VENV_BIN / "ansible-playbook"), "-i", inventory, str(playbook)]
-    if extra_vars:
-        fd, path = tempfile.mkstemp(suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(extra_vars, fh)
-        cmd += ["-e", "@" + path]
+    if extra_vars_file:
+        cmd += ["-e", "@" + str(extra_vars_file)]
     if limit:
         cmd += ["--limit", limit]
     if check:
         cmd.append("--check")
-    cmd += list(extra_args)
+    return cmd + list(extra_args)
+
+
+def write_vars(extra_vars, directory=None):
+    """A JSON file of extra vars (ansible-playbook -e @file keeps their types)."""
+    fd, path = tempfile.mkstemp(suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(extra_vars, fh)
+    return path
+
+
+def run_playbook(
+    playbook, extra_vars=None, inventory="localhost,", limit=None, check=False, env=None, timeout=1200, extra_args=()
+):
+    """Run ansible-playbook; returns the CompletedProcess (stdout holds the play's output)."""
+    path = write_vars(extra_vars) if extra_vars else None
+    cmd = playbook_command(playbook, path, inventory, limit, check, extra_args)
     try:
         return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=ansible_env(env))
     finally:
-        if extra_vars:
+        if path:
             os.unlink(path)
+
+
+def start_playbook(playbook, extra_vars, inventory, log_path):
+    """Start ansible-playbook in its own process group (to be killed whole); output to log_path."""
+    path = write_vars(extra_vars, os.path.dirname(log_path))
+    log = open(log_path, "w")  # noqa: SIM115 - the child holds it; closed when the caller is done
+    return subprocess.Popen(
+        playbook_command(playbook, path, inventory),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=ansible_env(),
+        start_new_session=True,
+    )
 
 
 def docker_time(text):

@@ -97,3 +97,17 @@ def test_port_in_use_is_detected():
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         assert not _alternate.port_is_free(s.getsockname()[1], "127.0.0.1")
+
+
+class FakeContainer:
+    def __init__(self, ports):
+        self.attrs = {"NetworkSettings": {"Ports": ports}}
+
+
+def test_published_ports_reads_every_binding():
+    containers = [
+        FakeContainer({"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18080"}], "9000/tcp": None}),
+        FakeContainer({"53/udp": [{"HostIp": "0.0.0.0", "HostPort": "1053"}, {"HostIp": "::", "HostPort": "1053"}]}),
+        FakeContainer({}),
+    ]
+    assert _alternate.published_ports(containers) == {18080, 1053}
