@@ -131,8 +131,10 @@ def main():
     storm = []
     for migrate_req in (False, True):
         s = reload_storm(migrate_req, work)
-        print("reload storm, tcp_migrate_req=%d: %s" % (migrate_req, s), flush=True)
-        storm.append(("%d" % migrate_req, STORM_RELOADS, s["requests"], "%.0f/s" % s["rate"], s["failed"], s["resets"]))
+        print("reload storm, tcp_migrate_req=%d: %s" % (int(migrate_req), s), flush=True)
+        storm.append(
+            ("%d" % int(migrate_req), STORM_RELOADS, s["requests"], "%.0f/s" % s["rate"], s["failed"], s["resets"])
+        )
     body += (
         "\n\nNothing is retried: a request fails on any HTTP error, time-out, or connection closed or reset "
         "before an answer. The field guide's switch fails silently with a single-file mount: `sed -i` replaces "
