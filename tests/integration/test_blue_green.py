@@ -175,7 +175,10 @@ def test_target_not_answering_through_caddy_switches_back_to_blue(bg_shop):
     assert shop.audit()[-1]["event"] == "failed_rollback"
 
 
-@pytest.mark.parametrize("phase", ["green_started", "switched_to_alternate", "blue_stopped", "primary_started"])
+@pytest.mark.parametrize(
+    "phase",
+    ["planned", "green_started", "switched_to_alternate", "blue_stopped", "primary_started", "switched_to_primary"],
+)
 def test_run_killed_at_a_step_is_finished_by_the_next_run(bg_shop, tmp_path, phase):
     shop = bg_shop
     v1 = shop.deploy("v1")
@@ -207,3 +210,21 @@ def test_run_killed_at_a_step_is_finished_by_the_next_run(bg_shop, tmp_path, pha
     assert shop.rows() == ["kept"]
     listing = shop.info()
     assert listing["current"]["id"] == v1 and listing["lock"] is None
+
+
+def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(bg_shop):
+    shop = bg_shop
+    shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    caddyfile = shop.caddy.caddyfile.read_bytes()
+    before = shop.containers()
+
+    result = shop.rollback(blue_green_services=["app", "db"])
+    assert result.returncode != 0
+    assert "db" in result.stdout and "named volume" in result.stdout, result.stdout[-4000:]
+    assert shop.containers() == before
+    assert shop.containers(shop.stack.name + "-green") == []
+    assert shop.caddy.caddyfile.read_bytes() == caddyfile
+    assert shop.served() == "v2"
+    listing = shop.info()
+    assert listing["current"]["id"] == v2 and listing["lock"] is None
