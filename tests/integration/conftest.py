@@ -38,17 +38,9 @@ def compose_stack(tmp_path, request):
 
     Every stack made here is brought down with its volumes when the test ends, pass or fail.
     """
-    stacks = []
-
-    def make(compose_yaml, files=None, prefix=None):
-        name = testbed.unique_name(prefix or "st-" + request.node.name[:20].lower().replace("_", "-").strip("-"))
-        stack = testbed.ComposeStack(tmp_path / name, name, compose_yaml, files)
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in reversed(stacks):
-        stack.down()
+    stacks = testbed.Stacks(tmp_path, "st-" + request.node.name[:20].lower().replace("_", "-").strip("-"))
+    yield stacks
+    stacks.down()
 
 
 @pytest.fixture

@@ -36,6 +36,21 @@ def assert_ok(result):
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
 
 
+def under_load(shop, action, min_requests=1500, within=30, margin=1.0):
+    """Run action() with 120 requests/s going through Caddy, from `margin` s before it to at least
+    `margin` s after it and until min_requests answers (at most `within` s more); return
+    (its result, samples)."""
+    load = LoadGenerator(shop.caddy.url + "/version", rate=120, max_requests=9000, max_seconds=150).start()
+    try:
+        time.sleep(margin)
+        result = action()
+        load.wait_for_samples(min_requests, within)
+        time.sleep(margin)
+    finally:
+        samples = load.stop()
+    return result, samples
+
+
 class DbWatch:
     """Counts the shop's running db containers every 0.2 s while the rollback runs (bounded)."""
 
@@ -84,18 +99,14 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop):
     shop.write("written by v2")
     assert shop.served() == "v2"
 
-    load = LoadGenerator(shop.caddy.url + "/version", rate=120, max_requests=9000, max_seconds=150).start()
-    try:
-        time.sleep(2.0)
-        with DbWatch(shop) as db:
-            result = shop.rollback()
-        # Keep the load on after the finalize until there are enough samples.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(load.samples) < 5200:
-            time.sleep(0.2)
-        time.sleep(2.0)
-    finally:
-        samples = load.stop()
+    db = DbWatch(shop)
+
+    def watched_rollback():
+        with db:
+            return shop.rollback()
+
+    # The load goes on after the finalize until there are enough samples.
+    result, samples = under_load(shop, watched_rollback, min_requests=5200, within=60, margin=2.0)
     summary = summarize(samples)
     print("blue-green rollback under load: %s" % summary)
     assert_ok(result)
@@ -111,21 +122,6 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop):
     listing = shop.info()
     assert listing["current"]["id"] == v1
     assert "rolled back blue-green from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
-
-
-def under_load(shop, action, min_requests=1500):
-    """Run action() with 120 requests/s going through Caddy; return (its result, samples)."""
-    load = LoadGenerator(shop.caddy.url + "/version", rate=120, max_requests=9000, max_seconds=150).start()
-    try:
-        time.sleep(1.0)
-        result = action()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(load.samples) < min_requests:
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        samples = load.stop()
-    return result, samples
 
 
 def test_unhealthy_green_is_removed_and_blue_keeps_serving(bg_shop):

@@ -6,7 +6,6 @@ a bounded load generator sends requests to 127.0.0.1 through Caddy.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import proxy as proxy_module
 import pytest
 import testbed
-from proxy import CADDYFILE, Proxy, container_proxy, dials, running_dials_in, switch_under_load
+from proxy import CADDYFILE, Proxy, admin_dials, container_proxy, running_dials_in, switch_under_load
 
 
 @pytest.fixture
@@ -86,19 +85,12 @@ def caddy_local(compose_stack, images, tmp_path, host_migrates_queued_connection
             },
             {blue: "v1", green: "v2"},
         )
-        proxy.admin_port = admin_port
         proxy.process = proc
         yield proxy
     finally:
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
-
-
-def local_running_dials(proxy):
-    status, body = testbed.http_get("http://127.0.0.1:%d/config/" % proxy.admin_port)
-    assert status == 200, body
-    return dials(json.loads(body))
 
 
 def module_switch(proxy):
@@ -180,7 +172,7 @@ def test_caddy_2_11_on_the_host_switches(caddy_local):
     result = proxy.switch(green)
     assert result["changed"], result
     assert proxy.served() == "v2"
-    assert local_running_dials(proxy) == [green]
+    assert admin_dials(proxy.module_args["admin_url"]) == [green]
 
 
 # Bad input: a clear error, the file and the running config unchanged.

@@ -95,6 +95,12 @@ class LoadGenerator:
         self._thread.start()
         return self
 
+    def wait_for_samples(self, count, within):
+        """Keep the load on until `count` answers are in, for at most `within` seconds."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and len(self.samples) < count:
+            time.sleep(0.2)
+
     def stop(self):
         self._stop.set()
         self._thread.join()

@@ -116,6 +116,13 @@ def running_dials_in(container):
     return dials(json.loads(out))
 
 
+def admin_dials(admin_url):
+    """What a Caddy reachable on 127.0.0.1 dials, read from its admin API's running config."""
+    status, body = testbed.http_get(admin_url + "/config/")
+    assert status == 200, body
+    return dials(json.loads(body))
+
+
 def dials(config):
     from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import proxy_dials
 
@@ -141,9 +148,7 @@ def switch_under_load(proxy, switch, switches=10, rate=120, min_requests=2100, h
             marks.append((started, time.monotonic(), proxy.version_of[target]))
             time.sleep(hold)  # every switch gets a window of answers to be judged by
         # Keep the load on until there are enough samples after the last switch.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(load.samples) < min_requests:
-            time.sleep(0.2)
+        load.wait_for_samples(min_requests, within=30)
         time.sleep(1.0)
     finally:
         samples = load.stop()
@@ -213,6 +218,4 @@ class HostCaddy:
         testbed.wait_http(self.admin_url + "/config/", timeout=60)
 
     def running_dials(self):
-        status, body = testbed.http_get(self.admin_url + "/config/")
-        assert status == 200, body
-        return dials(json.loads(body))
+        return admin_dials(self.admin_url)

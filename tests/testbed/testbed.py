@@ -198,20 +198,24 @@ class ComposeStack:
 
 
 class Stacks:
-    """Compose stacks made for one measurement, all taken down afterwards."""
+    """Factory: stacks(yaml, files=None, prefix=None) -> ComposeStack (not started), under `work`.
 
-    def __init__(self, work):
+    down() brings every stack made here down with its volumes, the last made first.
+    """
+
+    def __init__(self, work, default_prefix="bench"):
         self.work = work
+        self.default_prefix = default_prefix
         self.made = []
 
     def __call__(self, yaml, files=None, prefix=None):
-        name = unique_name(prefix or "bench")
+        name = unique_name(prefix or self.default_prefix)
         stack = ComposeStack(self.work / name, name, yaml, files)
         self.made.append(stack)
         return stack
 
     def down(self):
-        for stack in self.made:
+        for stack in reversed(self.made):
             stack.down()
 
 
@@ -311,14 +315,14 @@ def run_playbook(
 def start_playbook(playbook, extra_vars, inventory, log_path):
     """Start ansible-playbook in its own process group (to be killed whole); output to log_path."""
     path = write_vars(extra_vars, os.path.dirname(log_path))
-    log = open(log_path, "w")  # noqa: SIM115 - the child holds it; closed when the caller is done
-    return subprocess.Popen(
-        playbook_command(playbook, path, inventory),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=ansible_env(),
-        start_new_session=True,
-    )
+    with open(log_path, "w") as log:  # the child writes to its own copy of the descriptor
+        return subprocess.Popen(
+            playbook_command(playbook, path, inventory),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=ansible_env(),
+            start_new_session=True,
+        )
 
 
 def docker_time(text):
