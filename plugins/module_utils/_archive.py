@@ -20,8 +20,10 @@ import json
 import os
 import posixpath
 import re
+import stat
 import subprocess
 import tarfile
+import threading
 import zlib
 
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import atomic_write
@@ -30,10 +32,8 @@ TOOL = "stackops.rollback.volume_backup"
 MANIFEST_SUFFIX = ".manifest.json"
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
 CHUNK = 1024 * 1024
-# tarfile's stream reader copies its whole buffer on every read, headers included: a small
-# buffer keeps that cheap while file contents still move in CHUNK pieces.
-STREAM_BUFSIZE = 64 * 1024
 ROOT = "."
+BLOCK = tarfile.BLOCKSIZE
 
 
 class ArchiveError(Exception):
@@ -101,7 +101,19 @@ def hostile_reason(info, known):
 
 
 def member_record(info, digest=None):
-    kind = "dir" if info.isdir() else "file" if info.isreg() else "symlink" if info.issym() else "hardlink"
+    kind = (
+        "dir"
+        if info.isdir()
+        else "file"
+        if info.isreg()
+        else "symlink"
+        if info.issym()
+        else "hardlink"
+        if info.islnk()
+        else "fifo"
+        if info.isfifo()
+        else "device"
+    )
     record = {
         "type": kind,
         "mode": "%04o" % (info.mode & 0o7777),
@@ -117,50 +129,73 @@ def member_record(info, digest=None):
     return record
 
 
-def member_blocks(tar, info):
-    """The contents of a regular member of a streamed tar, CHUNK by CHUNK; raise when cut short."""
-    src = tar.extractfile(info)
-    remaining = info.size
-    while remaining:
-        block = src.read(min(CHUNK, remaining))
-        if not block:
-            raise ArchiveError("member %r is truncated" % info.name)
-        remaining -= len(block)
-        yield block
+def iter_members(reader):
+    """Yield the TarInfo of every member of a tar stream (a ChunkReader), in order.
+
+    When a member is yielded the reader stands at its contents: the caller may read them
+    (reader.pieces) or not; whatever it leaves, padding included, is skipped before the next
+    header. Headers (ustar, pax, GNU long names) are parsed by tarfile itself; contents never
+    pass through it. Raises ArchiveError on a truncated or malformed stream. Python's tarfile
+    takes a stream cut inside a header for a shorter, complete archive: here the end-of-archive
+    marker (two zero blocks) is required.
+    """
+    headers = _HeaderSource(reader)
+    while True:
+        try:
+            info = tarfile.TarInfo.fromtarfile(headers)
+        except tarfile.EOFHeaderError:
+            break
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+            raise ArchiveError(
+                "the tar stream is truncated: it stops at byte %d without the end-of-archive marker (%s)"
+                % (reader.tell(), exc)
+            ) from exc
+        except tarfile.HeaderError as exc:
+            raise ArchiveError("the tar stream is corrupt at byte %d: %s" % (reader.tell(), exc)) from exc
+        yield info
+        reader.skip(headers.offset - reader.tell())
+    second = reader.read(BLOCK)
+    if len(second) < BLOCK or second.strip(b"\0"):
+        raise ArchiveError(
+            "the tar stream is truncated: it stops at byte %d without the end-of-archive marker" % reader.tell()
+        )
+
+
+class _HeaderSource:
+    """What tarfile.TarInfo.fromtarfile reads headers from: the reader and the pax state."""
+
+    encoding = "utf-8"
+    errors = "surrogateescape"
+
+    def __init__(self, reader):
+        self.fileobj = reader
+        self.pax_headers = {}
+        self.offset = 0
 
 
 def read_members(reader, strict=True, on_member=None, digests=True):
-    """Parse a tar stream (an IterReader); return {name: record} for every member.
+    """Parse a tar stream (a ChunkReader); return {name: record} for every member.
 
     Raises ArchiveError on a truncated or malformed stream, or (strict) on a hostile member.
-    Python's tarfile takes a stream cut inside a header for a shorter, complete archive: the
-    end-of-archive marker (two zero blocks where parsing stopped) is required here. With
-    digests=False file contents are skipped, not hashed (their records carry no sha256).
+    With digests=False file contents are skipped, not hashed (their records carry no sha256).
+    The rest of the stream is read too, so that a tee sees all of it.
     """
     members = {}
-    try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFSIZE) as tar:
-            for info in tar:
-                name = normalize(info.name)
-                reason = hostile_reason(info, members)
-                if reason and strict:
-                    raise ArchiveError("refusing member %r: %s" % (info.name, reason))
-                digest = None
-                if info.isreg() and digests:
-                    h = hashlib.sha256()
-                    for block in member_blocks(tar, info):
-                        h.update(block)
-                    digest = h.hexdigest()
-                members[name] = member_record(info, digest)
-                if on_member:
-                    on_member(name, members[name])
-            end = tar.offset
-    except (tarfile.TarError, EOFError) as exc:
-        raise ArchiveError("the tar stream is truncated or corrupt: %s" % exc) from exc
+    for info in iter_members(reader):
+        name = normalize(info.name)
+        reason = hostile_reason(info, members)
+        if reason and strict:
+            raise ArchiveError("refusing member %r: %s" % (info.name, reason))
+        digest = None
+        if info.isreg() and digests:
+            h = hashlib.sha256()
+            for piece in reader.pieces(info.size, info.name):
+                h.update(piece)
+            digest = h.hexdigest()
+        members[name] = member_record(info, digest)
+        if on_member:
+            on_member(name, members[name])
     reader.drain()
-    marker = reader.window_at(end, 2 * tarfile.BLOCKSIZE)
-    if marker is None or marker.strip(b"\0"):
-        raise ArchiveError("the tar stream is truncated: it stops at byte %d without the end-of-archive marker" % end)
     if ROOT not in members:
         raise ArchiveError("the tar stream has no root entry: it is not a volume archive")
     return members
@@ -187,58 +222,110 @@ def compare_members(expected, actual, ignore_dir_mtime=True, ignore_digests=Fals
     return problems
 
 
+def tree_members(root):
+    """The member table of a directory as the engine's tar of it would give it, without contents.
+
+    Walked as the engine walks (names sorted bytewise, depth first), so that the first name of
+    a hard-linked file is the file and the later ones are links to it. Records carry no sha256.
+    """
+    members = {}
+    first_names = {}
+    pending = [(os.fsencode(root), ROOT)]  # a stack, not recursion: any depth will do
+    while pending:
+        path, name = pending.pop()
+        st = os.lstat(path)
+        kind = stat.S_IFMT(st.st_mode)
+        record = {
+            "mode": "%04o" % stat.S_IMODE(st.st_mode),
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "mtime": int(st.st_mtime),
+        }
+        if kind == stat.S_IFDIR:
+            record["type"] = "dir"
+            entries = sorted(os.listdir(path), reverse=True)
+            pending.extend(
+                (os.path.join(path, e), os.fsdecode(e) if name == ROOT else "%s/%s" % (name, os.fsdecode(e)))
+                for e in entries
+            )
+        elif kind == stat.S_IFLNK:
+            record.update(type="symlink", link=os.fsdecode(os.readlink(path)))
+        elif kind == stat.S_IFREG and st.st_nlink > 1 and (st.st_dev, st.st_ino) in first_names:
+            record.update(type="hardlink", link=first_names[(st.st_dev, st.st_ino)])
+        elif kind == stat.S_IFREG:
+            record.update(type="file", size=st.st_size, sha256=None)
+            first_names[(st.st_dev, st.st_ino)] = name
+        else:
+            record["type"] = "fifo" if kind == stat.S_IFIFO else "device"
+        members[name] = record
+    return members
+
+
 # -- streams ------------------------------------------------------------------------------
 
 
-class IterReader:
-    """A file-like reader over an iterator of byte chunks, copying every byte to `tee`.
+class ChunkReader:
+    """A reader over an iterator of byte chunks (an engine stream, a decompressor's output).
 
-    It keeps the last WINDOW bytes it read, so that the end of a stream can be checked.
+    Headers are read as bytes; file contents are handed out as memoryviews of the chunks as
+    they came, so that a gigabyte is hashed and passed on without being copied. Every chunk is
+    also given to `tee` (the compressor) as it arrives.
     """
-
-    WINDOW = 64 * 1024
 
     def __init__(self, chunks, tee=None):
         self.chunks = iter(chunks)
-        self.buffer = bytearray()
-        self.pos = 0
         self.tee = tee
+        self.chunk = b""
+        self.pos = 0
+        self.offset = 0
         self.total = 0
-        self.window = b""
 
-    def read(self, size=-1):
-        # A position into one buffer, compacted only on refill: tarfile reads in small pieces,
-        # and slicing a megabyte buffer for each of them cost more than the copy itself.
-        while size < 0 or len(self.buffer) - self.pos < size:
-            try:
-                chunk = next(self.chunks)
-            except StopIteration:
-                break
+    def _next_chunk(self):
+        for chunk in self.chunks:
             if chunk:
                 if self.tee:
                     self.tee(chunk)
                 self.total += len(chunk)
-                if self.pos:
-                    del self.buffer[: self.pos]
-                    self.pos = 0
-                self.buffer += chunk
-                tail = chunk[-self.WINDOW :]
-                self.window = tail if len(tail) == self.WINDOW else (self.window + tail)[-self.WINDOW :]
-        end = len(self.buffer) if size < 0 else min(len(self.buffer), self.pos + size)
-        data = bytes(self.buffer[self.pos : end])
-        self.pos = end
-        return data
+                self.chunk, self.pos = chunk, 0
+                return True
+        return False
 
-    def drain(self):
-        while self.read(CHUNK):
+    def tell(self):
+        return self.offset
+
+    def read(self, size):
+        """Up to size bytes (fewer only at the end of the stream)."""
+        parts = []
+        while size > 0 and (self.pos < len(self.chunk) or self._next_chunk()):
+            take = min(size, len(self.chunk) - self.pos)
+            parts.append(self.chunk[self.pos : self.pos + take])
+            self.pos += take
+            self.offset += take
+            size -= take
+        return b"".join(parts)
+
+    def pieces(self, size, name="the stream"):
+        """Exactly size bytes, as memoryviews; ArchiveError when the stream ends first."""
+        while size > 0:
+            if self.pos >= len(self.chunk) and not self._next_chunk():
+                raise ArchiveError("the tar stream is truncated inside member %r" % name)
+            take = min(size, len(self.chunk) - self.pos)
+            yield memoryview(self.chunk)[self.pos : self.pos + take]
+            self.pos += take
+            self.offset += take
+            size -= take
+
+    def skip(self, size):
+        for _piece in self.pieces(size):
             pass
 
-    def window_at(self, offset, size):
-        """Bytes [offset, offset + size) of the stream when still in the window (after drain)."""
-        start = offset - (self.total - len(self.window))
-        if start < 0 or offset + size > self.total:
-            return None
-        return self.window[start : start + size]
+    def drain(self):
+        """Read to the end (what follows the end-of-archive marker is only padding)."""
+        self.offset += len(self.chunk) - self.pos
+        self.pos = len(self.chunk)
+        while self._next_chunk():
+            self.offset += len(self.chunk)
+            self.pos = len(self.chunk)
 
 
 class Compressor:
@@ -332,7 +419,7 @@ def file_sha256(path):
 
 
 def archive_members(path, compression, zstd_bin=None, strict=True, digests=True):
-    return read_members(IterReader(decompressed_chunks(path, compression, zstd_bin)), strict=strict, digests=digests)
+    return read_members(ChunkReader(decompressed_chunks(path, compression, zstd_bin)), strict=strict, digests=digests)
 
 
 def check_written(path, compression, size, crc, zstd_bin=None):
@@ -361,34 +448,36 @@ def check_written(path, compression, size, crc, zstd_bin=None):
         )
 
 
-def rewrite_for_root(chunks, prefix):
+def rewrite_for_root(chunks, prefix, digests=None):
     """Re-emit a volume tar with every name under `prefix` ('.' becomes prefix itself).
 
     Extracted at '/', the prefix directory is the volume's mount point: its owner, mode and
     time come from the archive's root entry, which an extraction into the mount point ignores.
+    With a dict for digests, the sha256 of every file sent is put there by its member name.
     """
-    reader = IterReader(chunks)
-    try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFSIZE) as tar:
-            known = {}
-            for info in tar:
-                reason = hostile_reason(info, known)
-                if reason:
-                    raise ArchiveError("refusing member %r: %s" % (info.name, reason))
-                name = normalize(info.name)
-                known[name] = True
-                info.name = prefix if name == ROOT else "%s/%s" % (prefix, name)
-                if info.islnk():
-                    info.linkname = "%s/%s" % (prefix, normalize(info.linkname))
-                yield info.tobuf(format=tarfile.PAX_FORMAT)
-                if info.isreg() and info.size:
-                    yield from member_blocks(tar, info)
-                    pad = (-info.size) % tarfile.BLOCKSIZE
-                    if pad:
-                        yield b"\0" * pad
-    except tarfile.TarError as exc:
-        raise ArchiveError("the archive is truncated or corrupt: %s" % exc) from exc
-    yield b"\0" * (tarfile.BLOCKSIZE * 2)
+    reader = ChunkReader(chunks)
+    known = {}
+    for info in iter_members(reader):
+        reason = hostile_reason(info, known)
+        if reason:
+            raise ArchiveError("refusing member %r: %s" % (info.name, reason))
+        name = normalize(info.name)
+        known[name] = True
+        info.name = prefix if name == ROOT else "%s/%s" % (prefix, name)
+        if info.islnk():
+            info.linkname = "%s/%s" % (prefix, normalize(info.linkname))
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        if info.isreg():
+            h = hashlib.sha256()
+            for piece in reader.pieces(info.size, name):
+                h.update(piece)
+                yield piece
+            if digests is not None:
+                digests[name] = h.hexdigest()
+            pad = (-info.size) % BLOCK
+            if pad:
+                yield b"\0" * pad
+    yield b"\0" * (BLOCK * 2)
 
 
 # -- manifest -----------------------------------------------------------------------------
@@ -429,15 +518,26 @@ def verify_archive(archive, zstd_bin=None, digests=True):
     if not os.path.isfile(archive):
         raise ArchiveError("archive %s does not exist; nothing was changed" % archive)
     manifest = read_manifest(archive)
-    digest = file_sha256(archive)
-    if digest != manifest.get("sha256"):
+    # The whole-file hash runs beside the member pass (hashlib lets go of the GIL); its verdict
+    # comes first, as it names the likelier fault.
+    digest = {}
+    hasher = threading.Thread(target=lambda: digest.update(sha256=file_sha256(archive)), daemon=True)
+    hasher.start()
+    try:
+        members = archive_members(
+            archive, manifest.get("compression") or compression_of(archive), zstd_bin, digests=digests
+        )
+        failure = None
+    except ArchiveError as exc:
+        members, failure = None, exc
+    hasher.join()
+    if digest.get("sha256") != manifest.get("sha256"):
         raise ArchiveError(
             "archive %s does not match its manifest (sha256 %s, manifest says %s): it is truncated or corrupt; "
-            "nothing was changed" % (archive, digest, manifest.get("sha256"))
+            "nothing was changed" % (archive, digest.get("sha256"), manifest.get("sha256"))
         )
-    members = archive_members(
-        archive, manifest.get("compression") or compression_of(archive), zstd_bin, digests=digests
-    )
+    if failure:
+        raise failure
     problems = compare_members(manifest["members"], members, ignore_dir_mtime=False, ignore_digests=not digests)
     if problems:
         raise ArchiveError(

@@ -116,15 +116,28 @@ class Helper:
         self.remove()
 
 
+def local_mountpoint(client, volume_attrs):
+    """The volume's directory when this process sees the engine's own files, else None.
+
+    Only for the local driver, an engine reached through its local Unix socket (an engine over
+    TCP or SSH is another machine, where the same path would be another directory), and a
+    mount point that exists here.
+    """
+    mountpoint = volume_attrs.get("Mountpoint")
+    on_this_host = getattr(client.api, "base_url", "").startswith("http+docker://localhost")
+    if volume_attrs.get("Driver") == "local" and on_this_host and mountpoint and os.path.isdir(mountpoint):
+        return mountpoint
+    return None
+
+
 def clear_contents(client, volume_attrs):
     """Remove everything inside a volume (dotfiles too), keeping the volume and its root.
 
-    Through the volume's mount point when this host can reach it (the local driver, the module
-    running on the engine's host); otherwise with `find -delete` in a short-lived container from
-    a local image that has find.
+    Through the volume's mount point when this host can reach it (local_mountpoint); otherwise
+    with `find -delete` in a short-lived container from a local image that has find.
     """
-    mountpoint = volume_attrs.get("Mountpoint")
-    if volume_attrs.get("Driver") == "local" and mountpoint and os.path.isdir(mountpoint):
+    mountpoint = local_mountpoint(client, volume_attrs)
+    if mountpoint:
         for entry in os.listdir(mountpoint):
             path = os.path.join(mountpoint, entry)
             if os.path.isdir(path) and not os.path.islink(path):

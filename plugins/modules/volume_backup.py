@@ -23,8 +23,11 @@ description:
   - "Restore: verifies the archive against its manifest before touching the volume, refuses hostile
     members (absolute paths, C(..), links that leave the volume, device nodes), takes a safety backup
     of the current contents, replaces the contents completely (dotfiles too) keeping owners, modes,
-    symlinks, hard links and times - the volume root's owner and mode included - and reads the
-    volume back to check it. If that check fails, the safety backup is put back."
+    symlinks, hard links and times - the volume root's owner and mode included - hashing every file
+    on its way to the engine, then reads the volume back to check every member's type, size, mode,
+    owner, time and link target (through the mount point when the module runs on the engine's host
+    with the local driver, else through the engine) and every file's sha256 against the manifest.
+    If that check fails, the safety backup is put back."
 author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
@@ -199,8 +202,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import (
     TOOL,
     ArchiveError,
+    ChunkReader,
     Compressor,
-    IterReader,
     archive_name,
     check_written,
     compare_members,
@@ -211,6 +214,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     prune,
     read_members,
     rewrite_for_root,
+    tree_members,
     utc_stamp,
     verify_archive,
     write_manifest,
@@ -228,6 +232,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
     StoppedUsers,
     clear_contents,
     get_volume,
+    local_mountpoint,
 )
 
 
@@ -300,7 +305,7 @@ class VolumeBackupManager:
 
         try:
             with Helper(self.client, name) as helper:
-                reader = IterReader(helper.stream(), tee=write)
+                reader = ChunkReader(helper.stream(), tee=write)
                 members = read_members(reader, strict=False)
                 reader.drain()
             compressor.close()
@@ -393,21 +398,40 @@ class VolumeBackupManager:
     # -- restore --------------------------------------------------------------------------
     def current_members(self, name):
         with Helper(self.client, name) as helper:
-            return read_members(IterReader(helper.stream()), strict=False)
+            return read_members(ChunkReader(helper.stream()), strict=False)
+
+    def restored_members(self, attrs, sent):
+        """What the volume holds after a restore: every member's type, size, mode, owner, time
+        and link read back (from the mount point when this host sees it, else from the engine),
+        with the sha256 of each file as it was sent. The contents are not read back: they were
+        hashed on their way to the engine from an archive whose sha256 was proven first."""
+        mountpoint = local_mountpoint(self.client, attrs)
+        if mountpoint:
+            members = tree_members(mountpoint)
+        else:
+            with Helper(self.client, attrs["Name"]) as helper:
+                members = read_members(ChunkReader(helper.stream()), strict=False, digests=False)
+        for name, record in members.items():
+            if record["type"] == "file":
+                record["sha256"] = sent.get(name)
+        return members
 
     def write_contents(self, attrs, archive, compression):
+        """Replace the volume's contents with the archive's; return {name: sha256} of the files sent."""
         clear_contents(self.client, attrs)
+        sent = {}
         with Helper(self.client, attrs["Name"], read_only=False) as helper:
             helper.extract_at_root(
-                rewrite_for_root(decompressed_chunks(archive, compression, self.zstd), MOUNT.lstrip("/"))
+                rewrite_for_root(decompressed_chunks(archive, compression, self.zstd), MOUNT.lstrip("/"), sent)
             )
+        return sent
 
     def restore(self, name):
         archive = self.params["archive"]
         if not archive:
             raise ArchiveError("state=restore needs archive, the archive to restore")
-        # Whole-file sha256 and every header before the volume is touched; contents are hashed
-        # again when the restored volume is read back.
+        # Whole-file sha256 and every header before the volume is touched; file contents are
+        # hashed on their way in and, with every member's metadata read back, compared after.
         manifest = verify_archive(archive, self.zstd, digests=False)
         compression = manifest.get("compression") or compression_of(archive)
         started = time.time()
@@ -447,8 +471,8 @@ class VolumeBackupManager:
         with StoppedUsers(self.client, name, self.params["stop_containers"], self.params["stop_timeout"]) as stopped:
             safety = self.copy_volume(name, attrs, safety_dir, compression, kind="safety")
             try:
-                self.write_contents(attrs, archive, compression)
-                after = compare_members(manifest["members"], self.current_members(name))
+                sent = self.write_contents(attrs, archive, compression)
+                after = compare_members(manifest["members"], self.restored_members(attrs, sent))
                 if after:
                     raise ArchiveError("the restored volume does not match the archive: %s" % "; ".join(after[:5]))
             except Exception as exc:

@@ -49,7 +49,7 @@ HOSTILE = [
 def test_hostile_members_are_refused(member, reason):
     data = tar_bytes((member, b""))
     with pytest.raises(ArchiveError, match="refusing member"):
-        _archive.read_members(_archive.IterReader([data]))
+        _archive.read_members(_archive.ChunkReader([data]))
     assert reason in _archive.hostile_reason(member, {})
 
 
@@ -70,7 +70,7 @@ def test_members_record_content_and_metadata():
     f = info("./a")
     f.mode, f.uid, f.gid, f.mtime = 0o640, 1, 2, 1000
     h = info("./h", tarfile.LNKTYPE, "./a")
-    members = _archive.read_members(_archive.IterReader([tar_bytes((f, b"hello"), (h, None))]))
+    members = _archive.read_members(_archive.ChunkReader([tar_bytes((f, b"hello"), (h, None))]))
     assert members["a"] == {
         "type": "file",
         "mode": "0640",
@@ -87,7 +87,7 @@ def test_members_record_content_and_metadata():
 def test_truncated_stream_fails(cut):
     data = tar_bytes((info("./big"), b"x" * 4000))
     with pytest.raises(ArchiveError, match=r"truncated|corrupt"):
-        _archive.read_members(_archive.IterReader([data[:cut]]))
+        _archive.read_members(_archive.ChunkReader([data[:cut]]))
 
 
 def test_stream_without_root_is_not_a_volume_archive():
@@ -95,7 +95,7 @@ def test_stream_without_root_is_not_a_volume_archive():
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.addfile(info("./a"), io.BytesIO(b""))
     with pytest.raises(ArchiveError, match="no root entry"):
-        _archive.read_members(_archive.IterReader([buf.getvalue()]))
+        _archive.read_members(_archive.ChunkReader([buf.getvalue()]))
 
 
 def test_compare_members_names_each_difference():
@@ -128,3 +128,96 @@ def test_archive_names_match_the_retention_pattern():
     name = _archive.archive_name("shop_db", "zstd")
     assert _archive.archive_pattern("shop_db").match(name)
     assert not _archive.archive_pattern("shop").match(name)
+
+
+# -- the stream parser: every header kind tarfile writes, in pieces of any size ----------------
+
+
+def split(data, size):
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("piece", [1, 511, 512, 4096, 10**6])
+def test_parser_reads_long_names_and_contents_whatever_the_chunking(fmt, piece):
+    deep = "./" + "/".join(["d" * 60] * 3)  # with the file below, past what ustar holds: GNU 'L' or pax
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        root = tarfile.TarInfo(".")
+        root.type = tarfile.DIRTYPE
+        tar.addfile(root)
+        d = tarfile.TarInfo(deep)
+        d.type = tarfile.DIRTYPE
+        tar.addfile(d)
+        for name, data in [(deep + "/" + "f" * 90 + ".txt", b"a" * 700), ("./small", b"xyz"), ("./empty", b"")]:
+            i = tarfile.TarInfo(name)
+            i.size = len(data)
+            tar.addfile(i, io.BytesIO(data))
+    data = buf.getvalue()
+    seen = []
+    reader = _archive.ChunkReader(split(data, piece), tee=seen.append)
+    members = _archive.read_members(reader)
+    assert b"".join(seen) == data
+    assert reader.total == len(data)
+    long_name = _archive.normalize(deep + "/" + "f" * 90 + ".txt")
+    assert members[long_name]["sha256"] == hashlib.sha256(b"a" * 700).hexdigest()
+    assert members["small"]["size"] == 3 and members["empty"]["size"] == 0
+    assert members[_archive.normalize(deep)]["type"] == "dir"
+
+
+def test_parser_accepts_record_padding_after_the_end_marker():
+    data = tar_bytes((info("./a"), b"1"))
+    assert len(data) % tarfile.RECORDSIZE == 0 and len(data) > 3 * tarfile.BLOCKSIZE  # tarfile pads
+    assert "a" in _archive.read_members(_archive.ChunkReader(split(data, 700)))
+
+
+def test_parser_refuses_a_stream_cut_after_the_first_zero_block():
+    data = tar_bytes((info("./a"), b"1"))
+    end = 3 * tarfile.BLOCKSIZE + tarfile.BLOCKSIZE  # root, header a, data a, first zero block
+    with pytest.raises(ArchiveError, match="without the end-of-archive marker"):
+        _archive.read_members(_archive.ChunkReader([data[:end]]))
+
+
+def test_parser_refuses_a_header_with_a_bad_checksum():
+    data = bytearray(tar_bytes((info("./a"), b"1")))
+    data[tarfile.BLOCKSIZE + 5] ^= 0x01  # a bit of member a's name: its checksum no longer matches
+    with pytest.raises(ArchiveError, match="corrupt"):
+        _archive.read_members(_archive.ChunkReader([bytes(data)]))
+
+
+def test_parser_skips_contents_when_digests_are_not_wanted():
+    data = tar_bytes((info("./a"), b"hello"), (info("./b"), b"x" * 5000))
+    members = _archive.read_members(_archive.ChunkReader(split(data, 1000)), digests=False)
+    assert members["a"]["sha256"] is None and members["b"]["size"] == 5000
+
+
+def test_fifos_and_devices_are_recorded_as_such_when_not_strict():
+    members = _archive.read_members(
+        _archive.ChunkReader([tar_bytes((info("./p", tarfile.FIFOTYPE), None), (info("./c", tarfile.CHRTYPE), None))]),
+        strict=False,
+    )
+    assert (members["p"]["type"], members["c"]["type"]) == ("fifo", "device")
+
+
+# -- the tree walk used to check a restored volume ---------------------------------------------------
+
+
+def test_tree_members_matches_what_the_tar_of_the_same_tree_records(tmp_path):
+    root = tmp_path / "vol"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"hello")
+    (root / "b" / "deep" / ".hidden").write_bytes(b"")
+    (root / "b" / "z-link").symlink_to("../a.txt")
+    (root / "b" / "hard").hardlink_to(root / "a.txt")  # a.txt comes first: the file; b/hard: the link
+    root.chmod(0o700)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(root), arcname=".")  # tarfile also walks sorted and depth first
+    from_tar = _archive.read_members(_archive.ChunkReader([buf.getvalue()]), digests=False)
+    walked = _archive.tree_members(str(root))
+    assert _archive.compare_members(from_tar, walked, ignore_digests=True) == []
+    assert walked["b/hard"] == dict(walked["b/hard"], type="hardlink", link="a.txt")
+    assert walked["."]["mode"] == "0700"
+    (root / "a.txt").write_bytes(b"changed size")
+    problems = _archive.compare_members(from_tar, _archive.tree_members(str(root)), ignore_digests=True)
+    assert len(problems) == 1 and problems[0].startswith("a.txt: ") and "size" in problems[0]
