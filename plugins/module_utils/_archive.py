@@ -101,19 +101,8 @@ def hostile_reason(info, known):
 
 
 def member_record(info, digest=None):
-    kind = (
-        "dir"
-        if info.isdir()
-        else "file"
-        if info.isreg()
-        else "symlink"
-        if info.issym()
-        else "hardlink"
-        if info.islnk()
-        else "fifo"
-        if info.isfifo()
-        else "device"
-    )
+    kinds = (("dir", info.isdir), ("file", info.isreg), ("symlink", info.issym), ("hardlink", info.islnk))
+    kind = next((k for k, test in kinds if test()), "fifo" if info.isfifo() else "device")
     record = {
         "type": kind,
         "mode": "%04o" % (info.mode & 0o7777),
@@ -418,6 +407,24 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+def file_sha256_beside(path, work):
+    """Hash a file in a second thread (hashlib lets go of the GIL) while work() runs.
+
+    Returns (sha256, what work returned, the ArchiveError it raised or None): the caller decides
+    which verdict comes first.
+    """
+    digest = {}
+    hasher = threading.Thread(target=lambda: digest.update(sha256=file_sha256(path)), daemon=True)
+    hasher.start()
+    try:
+        result, failure = work(), None
+    except ArchiveError as exc:
+        result, failure = None, exc
+    finally:
+        hasher.join()
+    return digest.get("sha256"), result, failure
+
+
 def archive_members(path, compression, zstd_bin=None, strict=True, digests=True):
     return read_members(ChunkReader(decompressed_chunks(path, compression, zstd_bin)), strict=strict, digests=digests)
 
@@ -468,11 +475,12 @@ def rewrite_for_root(chunks, prefix, digests=None):
             info.linkname = "%s/%s" % (prefix, normalize(info.linkname))
         yield info.tobuf(format=tarfile.PAX_FORMAT)
         if info.isreg():
-            h = hashlib.sha256()
+            h = hashlib.sha256() if digests is not None else None
             for piece in reader.pieces(info.size, name):
-                h.update(piece)
+                if h:
+                    h.update(piece)
                 yield piece
-            if digests is not None:
+            if h:
                 digests[name] = h.hexdigest()
             pad = (-info.size) % BLOCK
             if pad:
@@ -518,23 +526,16 @@ def verify_archive(archive, zstd_bin=None, digests=True):
     if not os.path.isfile(archive):
         raise ArchiveError("archive %s does not exist; nothing was changed" % archive)
     manifest = read_manifest(archive)
-    # The whole-file hash runs beside the member pass (hashlib lets go of the GIL); its verdict
-    # comes first, as it names the likelier fault.
-    digest = {}
-    hasher = threading.Thread(target=lambda: digest.update(sha256=file_sha256(archive)), daemon=True)
-    hasher.start()
-    try:
-        members = archive_members(
-            archive, manifest.get("compression") or compression_of(archive), zstd_bin, digests=digests
-        )
-        failure = None
-    except ArchiveError as exc:
-        members, failure = None, exc
-    hasher.join()
-    if digest.get("sha256") != manifest.get("sha256"):
+    # The whole-file hash runs beside the member pass; its verdict comes first, as it names the
+    # likelier fault.
+    compression = manifest.get("compression") or compression_of(archive)
+    digest, members, failure = file_sha256_beside(
+        archive, lambda: archive_members(archive, compression, zstd_bin, digests=digests)
+    )
+    if digest != manifest.get("sha256"):
         raise ArchiveError(
             "archive %s does not match its manifest (sha256 %s, manifest says %s): it is truncated or corrupt; "
-            "nothing was changed" % (archive, digest.get("sha256"), manifest.get("sha256"))
+            "nothing was changed" % (archive, digest, manifest.get("sha256"))
         )
     if failure:
         raise failure

@@ -194,7 +194,6 @@ backups:
 
 import os
 import platform
-import threading
 import time
 import zlib
 
@@ -209,7 +208,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     compare_members,
     compression_of,
     decompressed_chunks,
-    file_sha256,
+    file_sha256_beside,
     manifest_path,
     prune,
     read_members,
@@ -311,19 +310,17 @@ class VolumeBackupManager:
             compressor.close()
             # Read the file back while hashing it (two cores): what is on disk must decode to
             # exactly what the engine sent.
-            digest = {}
-            hasher = threading.Thread(target=lambda: digest.update(sha256=file_sha256(tmp)), daemon=True)
-            hasher.start()
-            try:
-                check_written(tmp, compression, reader.total, sent["crc"], self.zstd)
-            finally:
-                hasher.join()
+            digest, _checked, failure = file_sha256_beside(
+                tmp, lambda: check_written(tmp, compression, reader.total, sent["crc"], self.zstd)
+            )
+            if failure:
+                raise failure
             manifest = {
                 "tool": TOOL,
                 "kind": kind,
                 "archive": os.path.basename(final),
                 "compression": compression,
-                "sha256": digest["sha256"],
+                "sha256": digest,
                 "size": os.path.getsize(tmp),
                 "created": utc_stamp(),
                 "volume": {
