@@ -6,13 +6,15 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The options of plugins/module_utils/_docker.py's DOCKER_COMMON_ARGS.
+    # The options of plugins/module_utils/_docker.py's DOCKER_COMMON_ARGS (the engine gateway).
     DOCUMENTATION = r"""
 options:
   docker_host:
     description:
       - The Docker engine to talk to, as a URL (V(unix:///var/run/docker.sock), V(tcp://host:2376)).
       - Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
+      - Set it once for every module that reaches the engine with C(module_defaults) on the action group
+        C(group/stackops.rollback.docker).
     type: str
     aliases: [docker_url]
   api_timeout:

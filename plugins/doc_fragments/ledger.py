@@ -6,23 +6,14 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # The options that name a project's files and its release ledger (plugins/module_utils/_release.py).
+    # The release ledger's option (plugins/module_utils/_ledger.py), for every module that reads or writes it.
     DOCUMENTATION = r"""
 options:
-  files:
-    description:
-      - Compose files, relative to O(project_src). Defaults to Compose's own lookup
-        (C(compose.yaml), C(compose.yml), C(docker-compose.yaml), C(docker-compose.yml) and an override file).
-    type: list
-    elements: path
-  env_files:
-    description:
-      - Environment files of the project, relative to O(project_src). Defaults to C(.env) when it exists.
-    type: list
-    elements: path
   ledger_dir:
     description:
       - Directory of the release ledger on the managed host.
+      - Set it once for every module that uses the ledger with C(module_defaults) on the action group
+        C(group/stackops.rollback.ledger).
     type: path
     default: /var/lib/stackops-rollback
 """

@@ -6,15 +6,21 @@
 
 From the resolved model of a project (`docker compose config --format json`) keep only the
 services that may run twice, move their published ports, and join the primary project's
-networks so that they reach the services that stay single (a database). Pure functions: the
-module feeds them the model and writes the result.
+networks so that they reach the services that stay single (a database). The functions are
+pure; `AlternateRenderer`, at the end, feeds them the model and the engine's facts and writes
+the result.
 """
 
 from __future__ import annotations
 
 import copy
 import errno
+import json
+import os
 import socket
+
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, read_bytes
 
 
 class AlternateError(Exception):
@@ -194,3 +200,60 @@ def upstreams(mapping, service, target_port, host):
         "service %s publishes no port for container port %s, so the proxy cannot reach it; publish it or set "
         "the proxied service and port" % (service, target_port)
     )
+
+
+class AlternateRenderer:
+    """compose_alternate: resolve the project, choose the copy's ports, write its compose file."""
+
+    def __init__(self, params, engine, check_mode=False):
+        self.params = params
+        self.engine = engine
+        self.check_mode = check_mode
+
+    def run(self):
+        p = self.params
+        name = p["alternate_name"] or "%s-green" % p["project_name"]
+        model = Compose.from_params(self.engine, p).config()
+        services, single = split_services(model, p["services"])
+        self.check_single_images(model, single)
+        # A run that resumes a dead one finds its own copy on the alternate ports: they are its own.
+        own = published_ports(self.engine.project_containers(name))
+        mapping = alternate_ports(
+            model,
+            services,
+            p["port_offset"],
+            p["port_map"],
+            is_free=lambda port, host_ip="": port in own or port_is_free(port, host_ip),
+        )
+        content = (
+            json.dumps(alternate_model(model, p["project_name"], name, services, mapping), indent=2, sort_keys=True)
+            + "\n"
+        ).encode()
+        changed = read_bytes(p["dest"]) != content
+        if changed and not self.check_mode:
+            os.makedirs(os.path.dirname(p["dest"]), mode=0o700, exist_ok=True)
+            atomic_write(p["dest"], content, 0o600)
+        result = dict(
+            changed=changed,
+            alternate_name=name,
+            compose_file=p["dest"],
+            services=services,
+            single=single,
+            ports=mapping,
+        )
+        if p["proxy_service"] and p["proxy_port"]:
+            primary, alternate = upstreams(mapping, p["proxy_service"], p["proxy_port"], p["upstream_host"])
+            result["upstreams"] = {"primary": [primary], "alternate": [alternate]}
+        return result
+
+    def check_single_images(self, model, single):
+        running = self.params["keep_single_images"] or {}
+        for name in single:
+            wanted = model["services"][name].get("image")
+            now = running.get(name)
+            if now and wanted and now != wanted:
+                raise AlternateError(
+                    "service %s stays single in a blue-green switch (it mounts a named volume), but the target "
+                    "release runs it from another image (%s, now %s); a blue-green switch cannot change it. Roll "
+                    "back with the stackops.rollback.recreate role instead" % (name, wanted, now)
+                )

@@ -26,7 +26,7 @@ import tarfile
 import threading
 import zlib
 
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import atomic_write
+from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write
 
 TOOL = "stackops.rollback.volume_backup"
 MANIFEST_SUFFIX = ".manifest.json"

@@ -8,6 +8,7 @@ Two ways to reach it, one interface: ``ContainerCaddy`` runs Caddy's own binary 
 container (the field guide's ``docker exec caddy caddy reload``), ``LocalCaddy`` runs the
 ``caddy`` binary on the host (Caddy under systemd). Either way the candidate is checked by
 the very Caddy that will run it, next to the real Caddyfile so relative imports resolve.
+`UpstreamSwitch`, at the end, is stackops.rollback.caddy_upstream's transaction.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import os
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 
 from ansible.module_utils.urls import open_url
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import describe, is_docker_error, is_not_found
+from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import (
+    CaddyfileError,
+    proxy_dials,
+    replace_upstreams,
+)
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, EngineNotFound
+from ansible_collections.stackops.rollback.plugins.module_utils._files import write_in_place
 
 DEFAULT_ADMIN_URL = "http://localhost:2019"
 CANDIDATE_PREFIX = ".stackops-candidate-"
@@ -157,8 +163,8 @@ class ContainerCaddy:
     )
     NOT_APPLICABLE = ("executable file not found", "not found", "invalid option", "unrecognized option", "Usage:")
 
-    def __init__(self, client, container, caddyfile, admin_url=None, explicit_admin=False):
-        self.client = client
+    def __init__(self, engine, container, caddyfile, admin_url=None, explicit_admin=False):
+        self.engine = engine
         self.name = container
         self.caddyfile = os.path.abspath(caddyfile)
         self.admin_url = admin_url or DEFAULT_ADMIN_URL
@@ -171,13 +177,11 @@ class ContainerCaddy:
 
     def preflight(self):
         try:
-            self.container = self.client.containers.get(self.name)
-        except Exception as exc:
-            if is_not_found(exc):
-                raise CaddyError(
-                    "the Caddy container %r does not exist; set container to the name of the running Caddy" % self.name
-                ) from exc
-            raise
+            self.container = self.engine.container(self.name)
+        except EngineNotFound as exc:
+            raise CaddyError(
+                "the Caddy container %r does not exist; set container to the name of the running Caddy" % self.name
+            ) from exc
         status = self.container.attrs.get("State", {}).get("Status")
         if status != "running":
             raise CaddyError(
@@ -205,31 +209,13 @@ class ContainerCaddy:
         )
 
     def _exec(self, cmd, timeout):
-        """Run cmd in the container; return (rc, stdout, stderr) or raise CaddyError on timeout."""
-        result = {}
+        """Run cmd in the container: (rc, stdout, stderr); CaddyError when it fails or hangs."""
+        try:
+            return self.engine.exec(self.container, cmd, timeout=timeout)
+        except EngineError as exc:
+            raise CaddyError(str(exc)) from exc
 
-        def target():
-            try:
-                result["value"] = self.container.exec_run(cmd, demux=True)
-            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, which sorts it
-                result["error"] = exc
-
-        worker = threading.Thread(target=target, daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            raise CaddyError(
-                "'%s' in container %s did not finish within %s s" % (" ".join(cmd[:2]), self.name, timeout)
-            )
-        if "error" in result:
-            exc = result["error"]
-            if is_docker_error(exc):
-                raise CaddyError("docker exec in %s failed: %s" % (self.name, describe(exc))) from exc
-            raise exc
-        rc, (out, err) = result["value"]
-        return rc, (out or b"").decode("utf-8", "replace"), (err or b"").decode("utf-8", "replace")
-
-    def _put(self, directory, name, data):
+    def _put_file(self, directory, name, data):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             info = tarfile.TarInfo(name)
@@ -237,21 +223,19 @@ class ContainerCaddy:
             info.mode = 0o600
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(data))
-        return self.container.put_archive(directory, buf.getvalue())
+        return self.engine.put_archive(self.container, directory, buf.getvalue())
 
     def adapt(self, text, timeout):
         directory = os.path.dirname(self.inner_path)
         name = "%s%d" % (CANDIDATE_PREFIX, os.getpid())
         try:
-            placed = self._put(directory, name, text.encode("utf-8"))
-        except Exception as exc:
-            if not is_docker_error(exc):
-                raise
+            placed = self._put_file(directory, name, text.encode("utf-8"))
+        except EngineError:
             placed = False
         if not placed:
             # A read-only directory: validate from /tmp (relative imports may then not resolve).
             directory = "/tmp"
-            self._put(directory, name, text.encode("utf-8"))
+            self._put_file(directory, name, text.encode("utf-8"))
         path = directory + "/" + name
         try:
             rc, out, err = self._exec(
@@ -297,3 +281,108 @@ class ContainerCaddy:
             "container %s has neither wget nor curl to read the admin API at %s; install one in the image"
             % (self.name, url)
         )
+
+
+class SwitchFailed(CaddyError):
+    """A switch failed after the file was written; `result` says what was done and put back."""
+
+    def __init__(self, msg, result):
+        super().__init__(msg)
+        self.result = result
+
+
+class UpstreamSwitch:
+    """The switch as one transaction: edit the tokens, validate with the running Caddy, write in
+    place, reload, confirm through the admin API; on any failure after the write, put the old
+    file and config back and say so.
+
+    `module` gives params, check_mode, _diff, warn and backup_local (an AnsibleModule in real use).
+    """
+
+    def __init__(self, module, engine):
+        self.module = module
+        self.p = module.params
+        self.path = self.p["caddyfile"]
+        explicit_admin = self.p["admin_url"] is not None
+        admin_url = self.p["admin_url"] or DEFAULT_ADMIN_URL
+        if self.p["container"]:
+            self.caddy = ContainerCaddy(engine, self.p["container"], self.path, admin_url, explicit_admin)
+        else:
+            self.caddy = LocalCaddy(self.p["caddy_binary"], self.path, admin_url, explicit_admin)
+
+    def read(self):
+        if not os.path.isfile(self.path):
+            raise CaddyfileError(
+                "the Caddyfile %s does not exist; set caddyfile to the file Caddy runs with" % self.path
+            )
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+
+    def run(self):
+        timeout = self.p["reload_timeout"]
+        old_text = self.read()
+        new_text, previous, candidate = replace_upstreams(
+            old_text, self.p["site"], self.p["upstreams"], self.p["match"]
+        )
+        # Only the dial addresses are compared: they are what a switch changes.
+        dials_before = proxy_dials(self.caddy.preflight())
+        written = new_text != old_text
+        if written and not os.access(self.path, os.W_OK):
+            raise CaddyfileError(
+                "the Caddyfile %s is not writable by this user; run with become or fix its permissions" % self.path
+            )
+        dials_wanted = proxy_dials(self.caddy.adapt(new_text, timeout))
+        needs_reload = self.p["reload"] and (written or dials_before != dials_wanted)
+        result = dict(
+            changed=written or needs_reload,
+            previous_upstreams=previous,
+            upstreams=list(self.p["upstreams"]),
+            directive=candidate.describe(),
+            written=written,
+            reloaded=False,
+            reload_keeps_queued_connections=self.caddy.migrates_queued_connections(),
+        )
+        if result["reload_keeps_queued_connections"] is False:
+            self.module.warn(queued_connections_warning(self.caddy.describe()))
+        if written and self.module._diff:
+            result["diff"] = dict(before=old_text, after=new_text, before_header=self.path, after_header=self.path)
+        if self.module.check_mode or not result["changed"]:
+            return result
+        if written:
+            if self.p["backup"]:
+                result["backup_file"] = self.module.backup_local(self.path)
+            write_in_place(self.path, new_text)
+        if needs_reload:
+            started = time.monotonic()
+            try:
+                self.reload_and_confirm(dials_wanted, timeout)
+            except CaddyError as exc:
+                self.put_back(old_text, dials_before, timeout, exc, result)
+            result["reloaded"] = True
+            result["reload_seconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    def reload_and_confirm(self, dials_wanted, timeout):
+        self.caddy.reload(timeout)
+        dials_running = proxy_dials(self.caddy.running_config(timeout))
+        if dials_running != dials_wanted:
+            raise CaddyError(
+                "after the reload Caddy's running config dials %s, not %s as the new Caddyfile says; "
+                "the running Caddy may not read this file" % (dials_running, dials_wanted)
+            )
+
+    def put_back(self, old_text, dials_before, timeout, reason, result):
+        """Restore the previous file and config, then fail with the reason."""
+        if result["written"]:
+            write_in_place(self.path, old_text)
+        try:
+            self.caddy.reload(timeout)
+            restored = proxy_dials(self.caddy.running_config(timeout)) == dials_before
+            state = "the previous Caddyfile is back and Caddy runs it again"
+            if not restored:
+                state = (
+                    "the previous Caddyfile is back, but Caddy's running config differs from before: check it by hand"
+                )
+        except CaddyError as exc:
+            state = "the previous Caddyfile is back, but reloading it failed too (%s): check Caddy by hand" % exc
+        raise SwitchFailed("switching upstreams failed: %s; %s" % (reason, state), result)

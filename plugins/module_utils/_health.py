@@ -7,6 +7,7 @@
 The checks are plain objects that take a sample and say passed / failed / pending; the loop in
 `HealthWaiter` samples them until all pass or the deadline comes. Failures that cannot heal (a
 container that exited, a crash loop, an error in the logs) end the wait at once.
+`ProjectHealth` is what stackops.rollback.compose_health does with them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 import time
 
 from ansible.module_utils.urls import open_url
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL
 
 PASSED, FAILED, PENDING, INCONCLUSIVE = "passed", "failed", "pending", "inconclusive"
 
@@ -229,16 +232,13 @@ class LogCheck:
             return finished + 1e-6
         return started - 0.5  # exited now: its run began shortly before StartedAt at the earliest
 
-    def evaluate(self, containers):
+    def evaluate(self, engine, containers):
         name = "logs of %s" % self.service
         for container in containers:
             since = self.since if self.since is not None else self.run_start(container.attrs.get("State", {}))
-            # Older SDKs (python3-docker 5 in Debian 12) take whole seconds only; that second may
-            # hold the last lines of the previous run, so lines are also filtered by their own time.
-            kwargs = {"stdout": True, "stderr": True, "tail": LOG_TAIL_LINES, "timestamps": True}
-            if since:
-                kwargs["since"] = int(since)
-            text = container.logs(**kwargs).decode("utf-8", "replace")
+            # The engine may give whole seconds only; that second may hold the last lines of the
+            # previous run, so lines are also filtered by their own time.
+            text = engine.logs(container, since=since, tail=LOG_TAIL_LINES)
             hit = self.scan(lines_since(text, since))
             if hit:
                 return Result(name, self.kind, FAILED, "error in the log: %s" % hit[:300])
@@ -257,17 +257,13 @@ class ExecCheck:
         self.stdout_re = re.compile(stdout_regex, re.M) if stdout_regex else None
         self.user = user
 
-    def evaluate(self, containers):
+    def evaluate(self, engine, containers):
         name = "exec in %s: %s" % (self.service, " ".join(self.command))
         running = [c for c in containers if c.attrs.get("State", {}).get("Status") == "running"]
         if not running:
             return Result(name, self.kind, INCONCLUSIVE, "not run: no running container of %s" % self.service)
-        kwargs = {"demux": True}
-        if self.user:
-            kwargs["user"] = self.user
-        rc, (out, err) = running[0].exec_run(self.command, **kwargs)
-        out = (out or b"").decode("utf-8", "replace").strip()
-        err = (err or b"").decode("utf-8", "replace").strip()
+        rc, out, err = engine.exec(running[0], self.command, user=self.user)
+        out, err = out.strip(), err.strip()
         if self.expect_rc is not None and rc != self.expect_rc:
             return Result(
                 name, self.kind, PENDING, "returned %s, expected %s: %s" % (rc, self.expect_rc, (err or out)[:300])
@@ -289,7 +285,7 @@ class HealthWaiter:
 
     def __init__(
         self,
-        client,
+        engine,
         project,
         services,
         timeout,
@@ -301,7 +297,7 @@ class HealthWaiter:
         clock=time.monotonic,
         sleep=time.sleep,
     ):
-        self.client = client
+        self.engine = engine
         self.project = project
         self.services = services
         self.timeout = timeout
@@ -315,24 +311,13 @@ class HealthWaiter:
 
     def containers(self):
         found = {}
-        for c in self.client.containers.list(
-            all=True, filters={"label": "com.docker.compose.project=%s" % self.project}
-        ):
-            labels = c.labels or {}
-            if labels.get("com.docker.compose.oneoff") == "True":
-                continue
-            found.setdefault(labels.get("com.docker.compose.service"), []).append(c)
+        for c in self.engine.project_containers(self.project):
+            found.setdefault((c.labels or {}).get(SERVICE_LABEL), []).append(c)
         return found
 
     def state_signature(self):
         """What changes when a container starts, stops or changes health (one list call)."""
-        listed = self.client.api.containers(all=True, filters={"label": "com.docker.compose.project=%s" % self.project})
-        signature = []
-        for c in listed:
-            status = c.get("Status") or ""
-            health = status[status.find("(") :] if "(" in status else ""
-            signature.append((c.get("Id"), c.get("State"), health))
-        return sorted(signature)
+        return self.engine.project_states(self.project)
 
     def pause(self, seconds):
         """Sleep up to seconds; return early when the containers' state changes."""
@@ -351,11 +336,11 @@ class HealthWaiter:
         states = {s: [container_state(c.attrs) for c in found.get(s, [])] for s in self.services}
         results = [check.evaluate(states[check.service]) for check in self.container_checks]
         permanent = any(r.status == FAILED for r in results)
-        results += [check.evaluate(found.get(check.service, [])) for check in self.log_checks]
+        results += [check.evaluate(self.engine, found.get(check.service, [])) for check in self.log_checks]
         # HTTP checks run even while a container is pending: their answers say why. A data check
         # without a running container to run in is inconclusive.
         results += [check.evaluate() for check in self.http_checks]
-        results += [check.evaluate(found.get(check.service, [])) for check in self.exec_checks]
+        results += [check.evaluate(self.engine, found.get(check.service, [])) for check in self.exec_checks]
         permanent = permanent or any(r.status == FAILED for r in results)
         return states, results, permanent
 
@@ -400,3 +385,94 @@ def summarize_services(states):
             "containers": len(sts),
         }
     return out
+
+
+class HealthInputError(Exception):
+    """A service named that the project does not have, or a project with nothing to check."""
+
+
+class ProjectHealth:
+    """compose_health: build the checks from the module's options, wait, and say the verdict."""
+
+    def __init__(self, params, engine):
+        self.params = params
+        self.engine = engine
+
+    def project_and_services(self):
+        p = self.params
+        from_files = bool(p["project_src"] or p["files"])
+        if from_files:
+            model = Compose.from_params(self.engine, p).config()
+            project = p["project_name"] or model.get("name")
+            known = sorted(model.get("services", {}))
+        else:
+            project = p["project_name"]
+            known = sorted(
+                {(c.labels or {}).get(SERVICE_LABEL) for c in self.engine.project_containers(project)} - {None}
+            )
+        services = p["services"] or known
+        unknown = sorted(set(services) - set(known)) if from_files else []
+        if unknown:
+            raise HealthInputError(
+                "service(s) %s are not in project %s (it has %s)" % (", ".join(unknown), project, ", ".join(known))
+            )
+        if not services:
+            raise HealthInputError("project %s has no service to check (no container of it exists)" % project)
+        return project, services
+
+    def waiter(self, project, services):
+        p = self.params
+        logs = p["logs"] or {}
+        log_checks = []
+        if logs.get("enabled", True):
+            fail = logs.get("fail_patterns") or DEFAULT_FAIL_PATTERNS
+            log_checks = [LogCheck(s, fail, logs.get("ignore_patterns") or [], logs.get("since")) for s in services]
+        http_checks = [
+            HttpCheck(
+                h["url"],
+                h.get("status", 200),
+                h.get("body_regex"),
+                h.get("timeout", 5),
+                h.get("successes", 1),
+                h.get("validate_certs", True),
+            )
+            for h in p["http"] or []
+        ]
+        exec_checks = [
+            ExecCheck(e["service"], e["command"], e.get("expect_rc", 0), e.get("stdout_regex"), e.get("user"))
+            for e in p["exec"] or []
+        ]
+        container_checks = [ContainerCheck(s, s in (p["allow_exited"] or [])) for s in services]
+        return HealthWaiter(
+            self.engine,
+            project,
+            services,
+            p["timeout"],
+            p["interval"],
+            container_checks,
+            http_checks,
+            log_checks,
+            exec_checks,
+        )
+
+    def run(self):
+        project, services = self.project_and_services()
+        healthy, states, results, elapsed = self.waiter(project, services).wait()
+        failing = [r for r in results if r.status in (FAILED, INCONCLUSIVE)]
+        if healthy:
+            msg = "project %s is healthy after %.1f s (%d checks passed)" % (project, elapsed, len(results))
+        else:
+            msg = "project %s is NOT healthy after %.1f s: %s" % (
+                project,
+                elapsed,
+                "; ".join("%s: %s" % (r.name, r.reason) for r in failing),
+            )
+        return dict(
+            changed=False,
+            healthy=healthy,
+            services=summarize_services(states),
+            checks=[r.as_dict() for r in results],
+            elapsed=round(elapsed, 3),
+            msg=msg,
+            project=project,
+        )

@@ -11,6 +11,8 @@ Layout under the ledger directory (default /var/lib/stackops-rollback), private 
     projects/<project>/history.jsonl                one event a line: deploy, rollback, ...
     projects/<project>/pin.yml                      compose override pinning images by digest
     projects/<project>/lock                         held by a rollback in progress
+    projects/<project>/green-src/, green.json       a blue-green rollback's staged copy (alternate)
+    projects/<project>/removed/<time>/              files a rollback took out of the project
     audit.log                                       one JSON line per rollback on this host
 
 A release id is derived from the release's content (files and image ids), so recording the same
@@ -27,6 +29,8 @@ import re
 import shutil
 import socket
 import tempfile
+
+from ansible_collections.stackops.rollback.plugins.module_utils._files import append_json_line, atomic_write, read_bytes
 
 DEFAULT_LEDGER_DIR = "/var/lib/stackops-rollback"
 # What `docker compose` looks for when no file is named, in its order; overrides it adds.
@@ -115,44 +119,6 @@ def safe_relpath(path):
     return norm
 
 
-def atomic_write(path, data, mode=0o600):
-    """Write bytes to path through a temporary file in the same directory, fsync, rename."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".stackops-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-
-
-def append_json_line(path, record):
-    """Append one JSON line to path (0600 when created) and fsync it before returning."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(directory):
-    """Make a rename in `directory` durable."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class Ledger:
     def __init__(self, root, project):
         if not project or not PROJECT_RE.match(project):
@@ -167,6 +133,18 @@ class Ledger:
         self.pin_path = os.path.join(self.dir, "pin.yml")
         self.lock_path = os.path.join(self.dir, "lock")
         self.audit_path = os.path.join(self.root, "audit.log")
+        self.stage_dir = os.path.join(self.dir, "green-src")
+        self.alternate_file = os.path.join(self.dir, "green.json")
+
+    def paths(self):
+        """Where this project's files are in the ledger, for roles and reports."""
+        return {
+            "project_dir": self.dir,
+            "pin": self.pin_path,
+            "lock": self.lock_path,
+            "stage_dir": self.stage_dir,
+            "alternate_file": self.alternate_file,
+        }
 
     # -- storage ---------------------------------------------------------------------------
     def ensure_dirs(self):
@@ -206,10 +184,17 @@ class Ledger:
                 result.append(self.get(name))
         return sorted(result, key=lambda r: r.get("created", ""))
 
-    def file_content(self, release_id, relpath):
+    def file_content(self, release_id, relpath, sha256=None):
+        """The ledger's copy of a release's file, checked against its recorded sha256."""
         path = os.path.join(self.release_dir(release_id), "files", safe_relpath(relpath))
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read()
+        if sha256 is not None and sha256_bytes(data) != sha256:
+            raise LedgerError(
+                "the ledger's copy of %s in release %s does not match its checksum; the ledger at %s is damaged"
+                % (relpath, release_id, self.dir)
+            )
+        return data
 
     def store_release(self, release, contents):
         """Write a release and its file copies atomically (temporary dir, then rename)."""
@@ -231,6 +216,18 @@ class Ledger:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return True
+
+    def removed_dir(self):
+        """A new folder for files a rollback takes out of the project directory."""
+        return os.path.join(self.dir, "removed", utcnow().replace(":", ""))
+
+    def pin_differs(self, pin):
+        """Whether the pin file would change when written with this text."""
+        return read_bytes(self.pin_path) != pin.encode()
+
+    def write_pin(self, pin):
+        self.ensure_dirs()
+        atomic_write(self.pin_path, pin.encode(), 0o600)
 
     # -- history ---------------------------------------------------------------------------
     def history(self):

@@ -2,33 +2,41 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Releases of a compose project: capture what is deployed, resolve a rollback target, and
-put a release's files back. Storage is _ledger.py; the engine is reached through _docker.py and
-`docker compose` through _compose.py only.
+"""Releases of a compose project: capture what is deployed, resolve a rollback target, put a
+release's files back pinned by digest, and make its images present. `Releases` is what
+stackops.rollback.compose_release does for each state. Storage is _ledger.py's (only it knows
+the ledger's layout); the engine and `docker compose` are reached through _docker.py and
+_compose.py; git runs here (it is not the engine).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
+import time
 
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL, EngineError
+from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, read_bytes
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     DEFAULT_COMPOSE_FILES,
     DEFAULT_ENV_FILE,
     DEFAULT_OVERRIDE_FILES,
     RELEASE_ID_RE,
-    LedgerError,
-    atomic_write,
+    Ledger,
     fingerprint,
+    pin_document,
     safe_relpath,
     sha256_bytes,
     utcnow,
 )
 
 ENV_REDACTED = "(environment file: content hidden)\n"
+
+
+class ReleaseError(Exception):
+    """A release cannot be captured, resolved, put back or pulled; says what to do, and that nothing stopped."""
 
 
 def project_file_names(project_src, files=None, env_files=None):
@@ -42,7 +50,7 @@ def project_file_names(project_src, files=None, env_files=None):
     else:
         compose_files = [name for name in DEFAULT_COMPOSE_FILES if os.path.isfile(os.path.join(project_src, name))][:1]
         if not compose_files:
-            raise LedgerError(
+            raise ReleaseError(
                 "no compose file in %s (looked for %s); set files" % (project_src, ", ".join(DEFAULT_COMPOSE_FILES))
             )
         compose_files += [n for n in DEFAULT_OVERRIDE_FILES if os.path.isfile(os.path.join(project_src, n))][:1]
@@ -53,14 +61,12 @@ def project_file_names(project_src, files=None, env_files=None):
     return compose_files, envs
 
 
-def project_name(module, params):
+def project_name(engine, params):
     """The compose project name: as given, else what Compose derives for project_src."""
     if params.get("project_name"):
         return params["project_name"]
     compose_files, _envs = project_file_names(params["project_src"], params.get("files"), params.get("env_files"))
-    return Compose(
-        module, project_src=params["project_src"], files=compose_files, docker_host=params.get("docker_host")
-    ).config()["name"]
+    return Compose(engine, project_src=params["project_src"], files=compose_files).config()["name"]
 
 
 def read_project_files(project_src, compose_files, env_files):
@@ -74,7 +80,7 @@ def read_project_files(project_src, compose_files, env_files):
                     data = fh.read()
                 mode = os.stat(path).st_mode & 0o7777
             except OSError as exc:
-                raise LedgerError("cannot read %s file %s: %s" % (kind, path, exc.strerror)) from exc
+                raise ReleaseError("cannot read %s file %s: %s" % (kind, path, exc.strerror)) from exc
             entries.append({"path": name, "kind": kind, "sha256": sha256_bytes(data), "mode": "%04o" % mode})
             contents[name] = data
     return entries, contents
@@ -92,11 +98,13 @@ def git_info(module, project_src, paths):
     return {"commit": out.strip(), "dirty": bool(status.strip()) if rc == 0 else None}
 
 
-def image_details(client, image_id, configured):
+def image_details(engine, image_id, configured):
     """(repo_digest, repo_tags) of an image; the digest chosen from the configured image's repo."""
     try:
-        attrs = client.images.get(image_id).attrs
-    except Exception:  # noqa: BLE001 - an image removed since its container started has no digest
+        attrs = engine.image(image_id)
+    except EngineError:
+        attrs = None
+    if attrs is None:  # an image removed since its container started has no digest
         return None, []
     digests = attrs.get("RepoDigests") or []
     repo = configured.split("@", 1)[0]
@@ -107,20 +115,16 @@ def image_details(client, image_id, configured):
     return chosen, attrs.get("RepoTags") or []
 
 
-def deployed_services(client, project, service_names):
+def deployed_services(engine, project, service_names):
     """What each service of a project runs now, from its containers' labels and images."""
     found = {}
-    containers = client.containers.list(all=True, filters={"label": "com.docker.compose.project=%s" % project})
-    for container in containers:
-        labels = container.labels or {}
-        if labels.get("com.docker.compose.oneoff") == "True":
-            continue
-        name = labels.get("com.docker.compose.service")
+    for container in engine.project_containers(project):
+        name = (container.labels or {}).get(SERVICE_LABEL)
         if not name or name in found:
             continue
         attrs = container.attrs
         configured = attrs.get("Config", {}).get("Image", "")
-        digest, _tags = image_details(client, attrs.get("Image"), configured)
+        digest, _tags = image_details(engine, attrs.get("Image"), configured)
         found[name] = {
             "image": configured,
             "image_id": attrs.get("Image"),
@@ -130,38 +134,37 @@ def deployed_services(client, project, service_names):
         }
     missing = sorted(set(service_names) - set(found))
     if missing:
-        raise LedgerError(
+        raise ReleaseError(
             "service(s) %s of project %s have no container: a release can only be recorded from a deployed "
             "project; deploy it first (docker compose up -d)" % (", ".join(missing), project)
         )
     return {name: found[name] for name in service_names}
 
 
-def capture(module, client, params):
+def capture(engine, params):
     """The release now deployed for a project: (release, file contents). Writes nothing."""
     project_src = params["project_src"]
     if not project_src or not os.path.isdir(project_src):
-        raise LedgerError("project_src %r is not a directory" % project_src)
+        raise ReleaseError("project_src %r is not a directory" % project_src)
     compose_files, env_files = project_file_names(project_src, params.get("files"), params.get("env_files"))
     compose = Compose(
-        module,
+        engine,
         project_src=project_src,
         project_name=params.get("project_name"),
         files=compose_files,
         env_files=env_files if params.get("env_files") else None,
-        docker_host=params.get("docker_host"),
     )
     model = compose.config()
     project = params.get("project_name") or model.get("name")
     entries, contents = read_project_files(project_src, compose_files, env_files)
-    services = deployed_services(client, project, sorted(model.get("services", {})))
+    services = deployed_services(engine, project, sorted(model.get("services", {})))
     release = {
         "id": fingerprint(entries, services)[:12],
         "project": project,
         "project_src": project_src,
         "files": entries,
         "services": services,
-        "git": git_info(module, project_src, compose_files + env_files),
+        "git": git_info(engine.module, project_src, compose_files + env_files),
         "version": params.get("version"),
         "created": utcnow(),
     }
@@ -203,7 +206,7 @@ def resolve_target(module, ledger, target, project_src=None, deployed_now=None):
     if target == "previous":
         release_id = ledger.previous_id(deployed_now)
         if release_id is None:
-            raise LedgerError(
+            raise ReleaseError(
                 "project %s has no previous release in the ledger %s: record each deploy with "
                 "stackops.rollback.compose_release, or name a release id or a git ref as the target"
                 % (ledger.project, ledger.dir)
@@ -212,7 +215,7 @@ def resolve_target(module, ledger, target, project_src=None, deployed_now=None):
     if target == "current":
         release_id = ledger.current_id()
         if release_id is None:
-            raise LedgerError("project %s has no release in the ledger %s yet" % (ledger.project, ledger.dir))
+            raise ReleaseError("project %s has no release in the ledger %s yet" % (ledger.project, ledger.dir))
         return ledger.get(release_id)
     if RELEASE_ID_RE.match(target) and ledger.has_release(target):
         return ledger.get(target)
@@ -222,7 +225,7 @@ def resolve_target(module, ledger, target, project_src=None, deployed_now=None):
 def resolve_git_target(module, ledger, ref, project_src):
     git = module.get_bin_path("git")
     if not project_src or not git:
-        raise LedgerError(
+        raise ReleaseError(
             "target %r is not a release of project %s; it could be a git ref, but %s"
             % (
                 ref,
@@ -232,7 +235,7 @@ def resolve_git_target(module, ledger, ref, project_src):
         )
     rc, out, err = module.run_command([git, "-C", project_src, "rev-parse", "--verify", "--quiet", ref + "^{commit}"])
     if rc != 0:
-        raise LedgerError(
+        raise ReleaseError(
             "target %r is neither a release id of project %s (see compose_release_info) nor a git ref in %s%s"
             % (ref, ledger.project, project_src, (": " + err.strip()) if err.strip() else "")
         )
@@ -254,7 +257,7 @@ def resolve_git_target(module, ledger, ref, project_src):
             kind = "env" if os.path.basename(name).startswith(".env") or name.endswith(".env") else "compose"
             entries.append({"path": name, "kind": kind, "sha256": None, "mode": None})
     if not any(e["kind"] == "compose" for e in entries):
-        raise LedgerError(
+        raise ReleaseError(
             "commit %s of %s holds none of the project's compose files (%s)" % (commit, project_src, names)
         )
     return {
@@ -280,17 +283,11 @@ def target_contents(module, ledger, release, project_src):
                 encoding=None,
             )
             if rc != 0:
-                raise LedgerError("git show of %s at %s failed: %s" % (entry["path"], release["git"]["commit"], err))
+                raise ReleaseError("git show of %s at %s failed: %s" % (entry["path"], release["git"]["commit"], err))
             contents[entry["path"]] = out
         return contents
     for entry in release["files"]:
-        data = ledger.file_content(release["id"], entry["path"])
-        if sha256_bytes(data) != entry["sha256"]:
-            raise LedgerError(
-                "the ledger's copy of %s in release %s does not match its checksum; the ledger at %s is damaged"
-                % (entry["path"], release["id"], ledger.dir)
-            )
-        contents[entry["path"]] = data
+        contents[entry["path"]] = ledger.file_content(release["id"], entry["path"], entry["sha256"])
     return contents
 
 
@@ -300,10 +297,7 @@ def plan_checkout(project_src, release, contents, explicit_files=False):
     wanted = {e["path"] for e in release["files"]}
     for entry in release["files"]:
         path = os.path.join(project_src, entry["path"])
-        old = None
-        if os.path.exists(path):
-            with open(path, "rb") as fh:
-                old = fh.read()
+        old = read_bytes(path)
         new = contents[entry["path"]]
         if old != new:
             writes.append(entry)
@@ -342,7 +336,7 @@ def apply_checkout(project_src, release, contents, writes, removals, keep_dir):
         shutil.move(os.path.join(project_src, name), os.path.join(keep_dir, name))
 
 
-def images_of_git_release(module, release, contents, params):
+def images_of_git_release(engine, release, contents):
     """Image references of a release read from git, by rendering it with `docker compose config`."""
     tmp = tempfile.mkdtemp(prefix="stackops-git-target-")
     try:
@@ -351,35 +345,29 @@ def images_of_git_release(module, release, contents, params):
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             atomic_write(dest, data, 0o600)
         compose_files = [e["path"] for e in release["files"] if e["kind"] == "compose"]
-        model = Compose(
-            module,
-            project_src=tmp,
-            project_name=release["project"],
-            files=compose_files,
-            docker_host=params.get("docker_host"),
-        ).config()
+        model = Compose(engine, project_src=tmp, project_name=release["project"], files=compose_files).config()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {name: svc.get("image") for name, svc in model.get("services", {}).items() if svc.get("image")}
 
 
-def load_target(module, ledger, target, params, deployed_now=None):
+def load_target(engine, ledger, target, params, deployed_now=None):
     """Resolve a target and read its files: (release, contents).
 
     A release read from git gets its services' images from its own compose files (by tag).
     """
     project_src = params.get("project_src")
-    release = resolve_target(module, ledger, target, project_src, deployed_now)
-    contents = target_contents(module, ledger, release, project_src)
+    release = resolve_target(engine.module, ledger, target, project_src, deployed_now)
+    contents = target_contents(engine.module, ledger, release, project_src)
     if release.get("source") == "git":
-        images = images_of_git_release(module, release, contents, params)
+        images = images_of_git_release(engine, release, contents)
         release["services"] = {
             name: {"image": image, "image_id": None, "repo_digest": None} for name, image in images.items()
         }
     return release, contents
 
 
-def ensure_images(client, release, check_mode=False):
+def ensure_images(engine, release, check_mode=False):
     """Make sure every image of a release is on the host; returns (pulled, present).
 
     Recorded images are pulled by digest when missing; a release read from git follows its
@@ -391,7 +379,7 @@ def ensure_images(client, release, check_mode=False):
         ref = svc.get("repo_digest") or (None if svc.get("image_id") else svc.get("image"))
         # What the pin will ask the engine for: the digest reference, else the image id.
         local = svc.get("repo_digest") or svc.get("image_id")
-        if local and image_exists(client, local):
+        if local and image_exists(engine, local):
             present.append(name)
             continue
         if not ref:
@@ -402,50 +390,51 @@ def ensure_images(client, release, check_mode=False):
             if not digest_or_tag:
                 repo, digest_or_tag = split_tag(ref)
             try:
-                client.images.pull(repo, tag=digest_or_tag)
-            except Exception as exc:
-                raise LedgerError(
+                engine.pull(repo, digest_or_tag)
+            except EngineError as exc:
+                raise ReleaseError(
                     "cannot pull image %s of service %s: %s. Nothing was stopped; make the image reachable "
                     "(registry up, credentials) and run again" % (ref, name, exc)
                 ) from exc
         pulled.append(name)
     if missing:
-        raise LedgerError(
+        raise ReleaseError(
             "images of release %s were built on the host, have no registry digest and are no longer there: %s. "
             "Rebuild or load them, then run again; nothing was stopped" % (release.get("id"), ", ".join(missing))
         )
     return pulled, present
 
 
-def equivalent_running_refs(client, project, release):
+def equivalent_running_refs(engine, project, release):
     """Services whose running container's image reference resolves to the release's image."""
     refs = {}
     try:
-        containers = client.containers.list(all=True, filters={"label": "com.docker.compose.project=%s" % project})
-    except Exception:  # noqa: BLE001 - without the engine, pin by digest only
+        containers = engine.project_containers(project)
+    except EngineError:  # without the engine, pin by digest only
         return refs
     for container in containers:
-        name = (container.labels or {}).get("com.docker.compose.service")
+        name = (container.labels or {}).get(SERVICE_LABEL)
         svc = release.get("services", {}).get(name)
         if not svc or not svc.get("image_id") or name in refs:
             continue
         ref = container.attrs.get("Config", {}).get("Image")
         # The reference must still resolve to the same image: a tag moved since is no pin.
-        if ref and container.attrs.get("Image") == svc["image_id"] and resolved_id(client, ref) == svc["image_id"]:
+        if ref and container.attrs.get("Image") == svc["image_id"] and resolved_id(engine, ref) == svc["image_id"]:
             refs[name] = ref
     return refs
 
 
-def resolved_id(client, ref):
+def resolved_id(engine, ref):
     """The id of the local image a reference names, or None."""
     try:
-        return client.images.get(ref).id
-    except Exception:  # noqa: BLE001 - not found, or a reference the engine cannot resolve
+        attrs = engine.image(ref)
+    except EngineError:  # a reference the engine cannot resolve
         return None
+    return attrs.get("Id") if attrs else None
 
 
-def image_exists(client, ref):
-    return resolved_id(client, ref) is not None
+def image_exists(engine, ref):
+    return resolved_id(engine, ref) is not None
 
 
 def split_tag(ref):
@@ -456,5 +445,100 @@ def split_tag(ref):
     return ref, "latest"
 
 
-def dumps(data):
-    return json.dumps(data, sort_keys=True)
+class Releases:
+    """What stackops.rollback.compose_release does, one method per state; each returns its results.
+
+    `module` gives params, check_mode, _diff and warn (an AnsibleModule in real use).
+    """
+
+    def __init__(self, module, engine):
+        self.module = module
+        self.engine = engine
+        self.params = module.params
+
+    def ledger(self, project=None):
+        return Ledger(self.params["ledger_dir"], project or project_name(self.engine, self.params))
+
+    def present(self):
+        """Record what runs now as a release (new content only) and append the event."""
+        release, contents = capture(self.engine, self.params)
+        if self.params.get("git_commit"):
+            release["git"] = {"commit": self.params["git_commit"], "dirty": False}
+        ledger = self.ledger(release["project"])
+        is_new = not ledger.has_release(release["id"])
+        event = self.params["event"]
+        unchanged = ledger.current_id() == release["id"] and event == "deploy"
+        changed = is_new or not unchanged
+        if changed and not self.module.check_mode:
+            if is_new:
+                ledger.store_release(release, contents)
+            entry = {
+                "event": event,
+                "release": release["id"],
+                "time": utcnow(),
+                "version": self.params.get("version"),
+                "details": self.params.get("details") or {},
+            }
+            ledger.append_event(entry)
+            if event != "deploy":
+                ledger.audit(entry)
+        stored = ledger.get(release["id"]) if ledger.has_release(release["id"]) else release
+        return dict(changed=changed, release_id=release["id"], release=summary(stored), new_release=is_new)
+
+    def restored(self):
+        """Put a release's files into the project and pin its images by digest (the ledger's pin file)."""
+        project_src = self.params["project_src"]
+        ledger = self.ledger()
+        release, contents = load_target(self.engine, ledger, self.params.get("release"), self.params)
+        writes, removals, diff = plan_checkout(project_src, release, contents, bool(self.params.get("files")))
+        pinned = release.get("source") != "git"
+        self.engine.ping()  # an engine that does not answer fails here, before any file is written
+        pin = pin_document(release, equivalent_running_refs(self.engine, ledger.project, release)) if pinned else None
+        changed = bool(writes or removals or (pinned and ledger.pin_differs(pin)))
+        if changed and not self.module.check_mode:
+            apply_checkout(project_src, release, contents, writes, removals, ledger.removed_dir())
+            if pinned:
+                ledger.write_pin(pin)
+        if not pinned:
+            self.module.warn(
+                "git ref %s was never recorded in the ledger: its images follow their tags, which may have "
+                "moved since; record each deploy with stackops.rollback.compose_release to pin digests"
+                % release["git"]["ref"]
+            )
+        compose_files = [os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "compose"]
+        if pinned:
+            compose_files.append(ledger.pin_path)
+        results = dict(
+            changed=changed,
+            release_id=release.get("id"),
+            release=summary(release),
+            compose_files=compose_files,
+            env_files=[os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "env"],
+            pinned=pinned,
+            written=[e["path"] for e in writes] + ["%s (removed)" % name for name in removals],
+        )
+        if self.module._diff and changed:
+            results["diff"] = diff
+        return results
+
+    def pulled(self):
+        """Make every image of a release present on the host, by digest when recorded."""
+        release, _contents = load_target(self.engine, self.ledger(), self.params.get("release"), self.params)
+        pulled, present = ensure_images(self.engine, release, self.module.check_mode)
+        return dict(
+            changed=bool(pulled), release_id=release.get("id"), release=summary(release), pulled=pulled, present=present
+        )
+
+    def replaced(self):
+        """Swap the named services to the project's current files at once (see Compose.replace)."""
+        services = self.params.get("services") or []
+        started = time.monotonic()
+        if services and not self.module.check_mode:
+            Compose.from_params(self.engine, self.params).replace(services)
+        return dict(changed=bool(services), replaced=services, seconds=round(time.monotonic() - started, 3))
+
+    def run(self):
+        state = self.params["state"]
+        if state in ("restored", "pulled") and not self.params.get("release"):
+            raise ReleaseError("state=%s needs release: previous, current, a release id or a git ref" % state)
+        return getattr(self, state)()

@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Docker volumes through the Engine API only: a helper container that is created but never
+"""Docker volumes through the engine gateway only: a helper container that is created but never
 started (so no image is pulled and nothing runs), its archive endpoints, and the containers that
-use a volume. Used by volume_backup; the archive format is _archive.py's."""
+use a volume. Used by the volume backups (_backup.py); the archive format is _archive.py's."""
 
 from __future__ import annotations
 
@@ -14,71 +14,53 @@ import shutil
 import time
 import uuid
 
-from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError
 
 MOUNT = "/stackops-volume"
 HELPER_LABEL = "org.stackops.rollback.helper"
 
 
-def get_volume(client, name):
-    """The volume's attributes; ArchiveError when it does not exist (nothing is created)."""
-    from ansible_collections.stackops.rollback.plugins.module_utils._docker import is_not_found
-
-    try:
-        return client.volumes.get(name).attrs
-    except Exception as exc:
-        if is_not_found(exc):
-            raise ArchiveError(
-                "volume %s does not exist on this engine; check the name (docker volume ls). Nothing was created "
-                "or changed" % name
-            ) from exc
-        raise
+class VolumeError(Exception):
+    """A volume cannot be read, emptied or given back to its containers; says what is left as it was."""
 
 
-def users(client, name):
-    """Containers (all states) that mount the volume."""
-    return client.containers.list(all=True, filters={"volume": name})
+def missing_volume(name):
+    return VolumeError(
+        "volume %s does not exist on this engine; check the name (docker volume ls). Nothing was created "
+        "or changed" % name
+    )
 
 
-def pick_image(client, name):
+def existing_volume(engine, name):
+    """The volume's attributes; an error when it does not exist (nothing is created)."""
+    attrs = engine.volume(name)
+    if attrs is None:
+        raise missing_volume(name)
+    return attrs
+
+
+def pick_image(engine, name):
     """A local image to create the helper from: one a user of the volume runs, else any.
 
     The helper is created and never started, so any image will do; none is ever pulled.
     """
-    for container in users(client, name):
+    for container in engine.containers_using(name):
         return container.attrs["Image"]
-    images = client.images.list()
+    images = engine.local_images()
     if not images:
-        raise ArchiveError(
+        raise VolumeError(
             "no image on this engine to create a helper container from (none is pulled); load any image, then retry"
         )
-    return min(images, key=lambda i: i.attrs.get("Size", 0)).id
-
-
-def coalesce(pieces, size=1024 * 1024):
-    """Join small pieces (tar headers, padding) into chunks of about size bytes.
-
-    Every piece of a generator body becomes one chunk of an HTTP chunked upload: sent one by
-    one, the headers and padding of 20,000 small files cost more than their contents.
-    """
-    batch, length = [], 0
-    for piece in pieces:
-        batch.append(piece)
-        length += len(piece)
-        if length >= size:
-            yield b"".join(batch)
-            batch, length = [], 0
-    if batch:
-        yield b"".join(batch)
+    return min(images, key=lambda image: image[1])[0]
 
 
 class Helper:
     """A created (never started) container that mounts the volume at MOUNT."""
 
-    def __init__(self, client, volume, read_only=True):
-        self.client = client
-        self.container = client.containers.create(
-            pick_image(client, volume),
+    def __init__(self, engine, volume, read_only=True):
+        self.engine = engine
+        self.container = engine.create_container(
+            pick_image(engine, volume),
             command=["/stackops-never-started"],
             entrypoint=[],
             volumes={volume: {"bind": MOUNT, "mode": "ro" if read_only else "rw"}},
@@ -89,25 +71,15 @@ class Helper:
 
     def stream(self, chunk_size=256 * 1024):
         """The volume's contents as tar chunks (names './...', the root as '.')."""
-        chunks, _stat = self.container.get_archive(MOUNT + "/.", chunk_size=chunk_size)
-        return chunks
+        return self.engine.get_archive(self.container, MOUNT + "/.", chunk_size)
 
     def extract_at_root(self, chunks):
-        """PUT a tar whose names start with the mount point's name, extracted at '/'.
-
-        copyUIDGID keeps the owners of the archive (the Engine otherwise maps them to root).
-        """
-        api = self.client.api
-        response = api._put(
-            api._url("/containers/{0}/archive", self.container.id),
-            params={"path": "/", "copyUIDGID": "1"},
-            data=coalesce(chunks),
-        )
-        api._raise_for_status(response)
+        """Upload a tar whose names start with the mount point's name, extracted at '/', owners kept."""
+        self.engine.put_archive_stream(self.container, "/", chunks, copy_owners=True)
 
     def remove(self):
-        with contextlib.suppress(Exception):  # a helper that is already gone is fine
-            self.container.remove(force=True)
+        with contextlib.suppress(EngineError):  # a helper that is already gone is fine
+            self.engine.remove_container(self.container)
 
     def __enter__(self):
         return self
@@ -116,7 +88,7 @@ class Helper:
         self.remove()
 
 
-def local_mountpoint(client, volume_attrs):
+def local_mountpoint(engine, volume_attrs):
     """The volume's directory when this process sees the engine's own files, else None.
 
     Only for the local driver, an engine reached through its local Unix socket (an engine over
@@ -124,19 +96,18 @@ def local_mountpoint(client, volume_attrs):
     mount point that exists here.
     """
     mountpoint = volume_attrs.get("Mountpoint")
-    on_this_host = getattr(client.api, "base_url", "").startswith("http+docker://localhost")
-    if volume_attrs.get("Driver") == "local" and on_this_host and mountpoint and os.path.isdir(mountpoint):
+    if volume_attrs.get("Driver") == "local" and mountpoint and engine.is_local() and os.path.isdir(mountpoint):
         return mountpoint
     return None
 
 
-def clear_contents(client, volume_attrs):
+def clear_contents(engine, volume_attrs):
     """Remove everything inside a volume (dotfiles too), keeping the volume and its root.
 
     Through the volume's mount point when this host can reach it (local_mountpoint); otherwise
     with `find -delete` in a short-lived container from a local image that has find.
     """
-    mountpoint = local_mountpoint(client, volume_attrs)
+    mountpoint = local_mountpoint(engine, volume_attrs)
     if mountpoint:
         for entry in os.listdir(mountpoint):
             path = os.path.join(mountpoint, entry)
@@ -147,22 +118,21 @@ def clear_contents(client, volume_attrs):
         return "mountpoint"
     name = volume_attrs["Name"]
     tried = []
-    candidates = [c.attrs["Image"] for c in users(client, name)] + [i.id for i in client.images.list()]
+    candidates = [c.attrs["Image"] for c in engine.containers_using(name)] + [i for i, _size in engine.local_images()]
     for image in list(dict.fromkeys(candidates))[:5]:
         try:
-            client.containers.run(
+            engine.run_container(
                 image,
                 ["find", MOUNT, "-mindepth", "1", "-delete"],
                 entrypoint=[],
                 volumes={name: {"bind": MOUNT, "mode": "rw"}},
                 network_disabled=True,
-                remove=True,
                 labels={HELPER_LABEL: "volume_backup"},
             )
             return "find in a helper container"
-        except Exception as exc:  # noqa: BLE001 - try the next image
+        except EngineError as exc:  # try the next image
             tried.append("%s (%s)" % (image[:19], str(exc).splitlines()[0][:80]))
-    raise ArchiveError(
+    raise VolumeError(
         "cannot empty volume %s before the restore: its mount point is not on this host and no local image "
         "could run find (tried %s); nothing was changed" % (name, "; ".join(tried) or "none")
     )
@@ -171,8 +141,8 @@ def clear_contents(client, volume_attrs):
 class StoppedUsers:
     """Stop the running containers that use a volume; start them again on exit, even on failure."""
 
-    def __init__(self, client, volume, enabled, timeout=30):
-        self.client = client
+    def __init__(self, engine, volume, enabled, timeout=30):
+        self.engine = engine
         self.volume = volume
         self.enabled = enabled
         self.timeout = timeout
@@ -180,9 +150,9 @@ class StoppedUsers:
 
     def __enter__(self):
         if self.enabled:
-            for container in users(self.client, self.volume):
+            for container in self.engine.containers_using(self.volume):
                 if container.status == "running" and not (container.labels or {}).get(HELPER_LABEL):
-                    container.stop(timeout=self.timeout)
+                    self.engine.stop(container, self.timeout)
                     self.stopped.append(container)
         return self
 
@@ -190,13 +160,13 @@ class StoppedUsers:
         errors = []
         for container in reversed(self.stopped):
             try:
-                container.start()
-            except Exception as err:  # noqa: BLE001 - start the others, then report
+                self.engine.start(container)
+            except EngineError as err:  # start the others, then report
                 errors.append("%s: %s" % (container.name, err))
         if not errors:
             errors = self.wait_until_serving()
         if errors and exc[0] is None:
-            raise ArchiveError("could not start again container(s) %s" % "; ".join(errors))
+            raise VolumeError("could not start again container(s) %s" % "; ".join(errors))
 
     def wait_until_serving(self, poll=0.2):
         """Wait for the restarted containers to run (and pass their health check, if they have one).
@@ -208,8 +178,7 @@ class StoppedUsers:
         pending = list(self.stopped)
         while pending:
             for container in list(pending):
-                container.reload()
-                state = container.attrs.get("State") or {}
+                state = self.engine.refresh(container).get("State") or {}
                 health = (state.get("Health") or {}).get("Status")
                 if state.get("Status") == "running" and health in (None, "healthy"):
                     pending.remove(container)

@@ -181,123 +181,9 @@ reload_seconds:
   sample: 0.21
 """
 
-import os
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._caddy import (
-    DEFAULT_ADMIN_URL,
-    CaddyError,
-    ContainerCaddy,
-    LocalCaddy,
-    queued_connections_warning,
-)
-from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import (
-    CaddyfileError,
-    proxy_dials,
-    replace_upstreams,
-)
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
-
-
-def write_in_place(path, text):
-    """Rewrite path keeping its inode, so a single-file bind mount sees the new content."""
-    with open(path, "r+", encoding="utf-8") as handle:
-        handle.seek(0)
-        handle.write(text)
-        handle.truncate()
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-class UpstreamSwitch:
-    def __init__(self, module):
-        self.module = module
-        self.p = module.params
-        self.path = self.p["caddyfile"]
-        explicit_admin = self.p["admin_url"] is not None
-        admin_url = self.p["admin_url"] or DEFAULT_ADMIN_URL
-        if self.p["container"]:
-            self.caddy = ContainerCaddy(get_client(module), self.p["container"], self.path, admin_url, explicit_admin)
-        else:
-            self.caddy = LocalCaddy(self.p["caddy_binary"], self.path, admin_url, explicit_admin)
-
-    def read(self):
-        if not os.path.isfile(self.path):
-            raise CaddyfileError(
-                "the Caddyfile %s does not exist; set caddyfile to the file Caddy runs with" % self.path
-            )
-        with open(self.path, encoding="utf-8", newline="") as handle:
-            return handle.read()
-
-    def run(self):
-        timeout = self.p["reload_timeout"]
-        old_text = self.read()
-        new_text, previous, candidate = replace_upstreams(
-            old_text, self.p["site"], self.p["upstreams"], self.p["match"]
-        )
-        # Only the dial addresses are compared: they are what a switch changes.
-        dials_before = proxy_dials(self.caddy.preflight())
-        written = new_text != old_text
-        if written and not os.access(self.path, os.W_OK):
-            raise CaddyfileError(
-                "the Caddyfile %s is not writable by this user; run with become or fix its permissions" % self.path
-            )
-        dials_wanted = proxy_dials(self.caddy.adapt(new_text, timeout))
-        needs_reload = self.p["reload"] and (written or dials_before != dials_wanted)
-        result = dict(
-            changed=written or needs_reload,
-            previous_upstreams=previous,
-            upstreams=list(self.p["upstreams"]),
-            directive=candidate.describe(),
-            written=written,
-            reloaded=False,
-            reload_keeps_queued_connections=self.caddy.migrates_queued_connections(),
-        )
-        if result["reload_keeps_queued_connections"] is False:
-            self.module.warn(queued_connections_warning(self.caddy.describe()))
-        if written and self.module._diff:
-            result["diff"] = dict(before=old_text, after=new_text, before_header=self.path, after_header=self.path)
-        if self.module.check_mode or not result["changed"]:
-            return result
-        if written:
-            if self.p["backup"]:
-                result["backup_file"] = self.module.backup_local(self.path)
-            write_in_place(self.path, new_text)
-        if needs_reload:
-            started = time.monotonic()
-            try:
-                self.reload_and_confirm(dials_wanted, timeout)
-            except CaddyError as exc:
-                self.put_back(old_text, dials_before, timeout, exc, result)
-            result["reloaded"] = True
-            result["reload_seconds"] = round(time.monotonic() - started, 3)
-        return result
-
-    def reload_and_confirm(self, dials_wanted, timeout):
-        self.caddy.reload(timeout)
-        dials_running = proxy_dials(self.caddy.running_config(timeout))
-        if dials_running != dials_wanted:
-            raise CaddyError(
-                "after the reload Caddy's running config dials %s, not %s as the new Caddyfile says; "
-                "the running Caddy may not read this file" % (dials_running, dials_wanted)
-            )
-
-    def put_back(self, old_text, dials_before, timeout, reason, result):
-        """Restore the previous file and config, then fail with the reason."""
-        if result["written"]:
-            write_in_place(self.path, old_text)
-        try:
-            self.caddy.reload(timeout)
-            restored = proxy_dials(self.caddy.running_config(timeout)) == dials_before
-            state = "the previous Caddyfile is back and Caddy runs it again"
-            if not restored:
-                state = (
-                    "the previous Caddyfile is back, but Caddy's running config differs from before: check it by hand"
-                )
-        except CaddyError as exc:
-            state = "the previous Caddyfile is back, but reloading it failed too (%s): check Caddy by hand" % exc
-        self.module.fail_json(msg="switching upstreams failed: %s; %s" % (reason, state), **result)
+from ansible_collections.stackops.rollback.plugins.module_utils._caddy import CaddyError, SwitchFailed, UpstreamSwitch
+from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import CaddyfileError
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 
 
 def main():
@@ -313,11 +199,12 @@ def main():
         reload_timeout=dict(type="int", default=30),
         backup=dict(type="bool", default=True),
     )
-    argument_spec.update(DOCKER_COMMON_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module, engine = docker_module(argument_spec)
     try:
-        result = UpstreamSwitch(module).run()
-    except (CaddyfileError, CaddyError) as exc:
+        result = UpstreamSwitch(module, engine).run()
+    except SwitchFailed as exc:
+        module.fail_json(msg=str(exc), **exc.result)
+    except (CaddyfileError, CaddyError, EngineError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

@@ -25,6 +25,8 @@ author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
+  - stackops.rollback.compose_project
+  - stackops.rollback.docker
 attributes:
   check_mode:
     support: full
@@ -92,11 +94,6 @@ options:
       - Where to write the copy's compose file (JSON, which Compose reads as YAML).
     type: path
     required: true
-  docker_host:
-    description:
-      - The Docker engine to talk to. Defaults to E(DOCKER_HOST), then V(unix:///var/run/docker.sock).
-    type: str
-    aliases: [docker_url]
 requirements:
   - Docker Compose v2 (>= 2.18)
 seealso:
@@ -152,113 +149,28 @@ upstreams:
   type: dict
 """
 
-import json
-import os
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._alternate import (
-    AlternateError,
-    alternate_model,
-    alternate_ports,
-    port_is_free,
-    published_ports,
-    split_services,
-    upstreams,
-)
-from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose, ComposeError
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import get_client
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import atomic_write
-
-
-class AlternateRenderer:
-    def __init__(self, module):
-        self.module = module
-        self.params = module.params
-
-    def run(self):
-        p = self.params
-        name = p["alternate_name"] or "%s-green" % p["project_name"]
-        model = Compose(
-            self.module,
-            project_src=p["project_src"],
-            project_name=p["project_name"],
-            files=p["files"],
-            docker_host=p["docker_host"],
-        ).config()
-        services, single = split_services(model, p["services"])
-        self.check_single_images(model, single)
-        # A run that resumes a dead one finds its own copy on the alternate ports: they are its own.
-        own = published_ports(
-            get_client(self.module).containers.list(all=True, filters={"label": "com.docker.compose.project=%s" % name})
-        )
-        mapping = alternate_ports(
-            model,
-            services,
-            p["port_offset"],
-            p["port_map"],
-            is_free=lambda port, host_ip="": port in own or port_is_free(port, host_ip),
-        )
-        content = (
-            json.dumps(alternate_model(model, p["project_name"], name, services, mapping), indent=2, sort_keys=True)
-            + "\n"
-        ).encode()
-        old = None
-        if os.path.exists(p["dest"]):
-            with open(p["dest"], "rb") as fh:
-                old = fh.read()
-        changed = old != content
-        if changed and not self.module.check_mode:
-            os.makedirs(os.path.dirname(p["dest"]), mode=0o700, exist_ok=True)
-            atomic_write(p["dest"], content, 0o600)
-        result = dict(
-            changed=changed,
-            alternate_name=name,
-            compose_file=p["dest"],
-            services=services,
-            single=single,
-            ports=mapping,
-        )
-        if p["proxy_service"] and p["proxy_port"]:
-            primary, alternate = upstreams(mapping, p["proxy_service"], p["proxy_port"], p["upstream_host"])
-            result["upstreams"] = {"primary": [primary], "alternate": [alternate]}
-        return result
-
-    def check_single_images(self, model, single):
-        running = self.params["keep_single_images"] or {}
-        for name in single:
-            wanted = model["services"][name].get("image")
-            now = running.get(name)
-            if now and wanted and now != wanted:
-                raise AlternateError(
-                    "service %s stays single in a blue-green switch (it mounts a named volume), but the target "
-                    "release runs it from another image (%s, now %s); a blue-green switch cannot change it. Roll "
-                    "back with the stackops.rollback.recreate role instead" % (name, wanted, now)
-                )
+from ansible_collections.stackops.rollback.plugins.module_utils._alternate import AlternateError, AlternateRenderer
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import compose_project_args
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            project_src=dict(type="path", required=True),
-            files=dict(type="list", elements="path"),
-            project_name=dict(type="str", required=True),
-            alternate_name=dict(type="str"),
-            services=dict(type="list", elements="str"),
-            port_offset=dict(type="int", default=10000),
-            port_map=dict(type="dict"),
-            keep_single_images=dict(type="dict"),
-            proxy_service=dict(type="str"),
-            proxy_port=dict(type="int"),
-            upstream_host=dict(type="str", default="127.0.0.1"),
-            dest=dict(type="path", required=True),
-            docker_host=dict(type="str", aliases=["docker_url"]),
-        ),
-        required_together=[("proxy_service", "proxy_port")],
-        supports_check_mode=True,
+    argument_spec = dict(
+        alternate_name=dict(type="str"),
+        services=dict(type="list", elements="str"),
+        port_offset=dict(type="int", default=10000),
+        port_map=dict(type="dict"),
+        keep_single_images=dict(type="dict"),
+        proxy_service=dict(type="str"),
+        proxy_port=dict(type="int"),
+        upstream_host=dict(type="str", default="127.0.0.1"),
+        dest=dict(type="path", required=True),
     )
+    argument_spec.update(compose_project_args(project_src=dict(required=True), project_name=dict(required=True)))
+    module, engine = docker_module(argument_spec, required_together=[("proxy_service", "proxy_port")])
     try:
-        result = AlternateRenderer(module).run()
-    except (AlternateError, ComposeError) as exc:
+        result = AlternateRenderer(module.params, engine, module.check_mode).run()
+    except (AlternateError, EngineError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

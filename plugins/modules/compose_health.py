@@ -24,11 +24,14 @@ description:
     (for example a C(psql) query that must return rows)."
   - A failure that cannot heal (an exited container, a crash loop, an error in the logs) ends the wait
     at once. The verdict comes within one O(interval) of the stack becoming healthy.
+  - The project is named by O(project_src) (and O(files)), or by O(project_name) alone for one that
+    is deployed; one of them is required.
   - The module never changes anything.
 author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
+  - stackops.rollback.compose_project
   - stackops.rollback.docker
 attributes:
   check_mode:
@@ -40,24 +43,6 @@ attributes:
     support: full
     details: The module only reads.
 options:
-  project_src:
-    description:
-      - Directory of the compose project. One of O(project_src) or O(project_name) is required.
-    type: path
-  project_name:
-    description:
-      - Compose project name. Defaults to the name Compose derives from O(project_src).
-    type: str
-  files:
-    description:
-      - Compose files, relative to O(project_src) or absolute.
-    type: list
-    elements: path
-  env_files:
-    description:
-      - Environment files passed to Compose.
-    type: list
-    elements: path
   profiles:
     description:
       - Compose profiles to enable.
@@ -258,113 +243,13 @@ msg:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._compose import (
-    COMPOSE_PROJECT_ARGS,
-    Compose,
-    ComposeError,
-)
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import COMPOSE_PROJECT_ARGS
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 from ansible_collections.stackops.rollback.plugins.module_utils._health import (
     DEFAULT_FAIL_PATTERNS,
-    FAILED,
-    INCONCLUSIVE,
-    ContainerCheck,
-    ExecCheck,
-    HealthWaiter,
-    HttpCheck,
-    LogCheck,
-    summarize_services,
+    HealthInputError,
+    ProjectHealth,
 )
-
-
-class ComposeHealthChecker:
-    def __init__(self, module):
-        self.module = module
-        self.params = module.params
-        self.client = get_client(module)
-
-    def project_and_services(self):
-        p = self.params
-        if p["project_src"] or p["files"]:
-            model = Compose.from_params(self.module).config()
-            project = p["project_name"] or model.get("name")
-            known = sorted(model.get("services", {}))
-        else:
-            project = p["project_name"]
-            known = sorted(
-                {
-                    (c.labels or {}).get("com.docker.compose.service")
-                    for c in self.client.containers.list(
-                        all=True, filters={"label": "com.docker.compose.project=%s" % project}
-                    )
-                }
-                - {None}
-            )
-        services = p["services"] or known
-        unknown = sorted(set(services) - set(known)) if (p["project_src"] or p["files"]) else []
-        if unknown:
-            self.module.fail_json(
-                msg="service(s) %s are not in project %s (it has %s)" % (", ".join(unknown), project, ", ".join(known)),
-                healthy=False,
-            )
-        if not services:
-            self.module.fail_json(
-                msg="project %s has no service to check (no container of it exists)" % project, healthy=False
-            )
-        return project, services
-
-    def run(self):
-        p = self.params
-        project, services = self.project_and_services()
-        logs = p["logs"] or {}
-        log_checks = []
-        if logs.get("enabled", True):
-            fail = logs.get("fail_patterns") or DEFAULT_FAIL_PATTERNS
-            log_checks = [LogCheck(s, fail, logs.get("ignore_patterns") or [], logs.get("since")) for s in services]
-        waiter = HealthWaiter(
-            self.client,
-            project,
-            services,
-            p["timeout"],
-            p["interval"],
-            [ContainerCheck(s, s in (p["allow_exited"] or [])) for s in services],
-            [
-                HttpCheck(
-                    h["url"],
-                    h.get("status", 200),
-                    h.get("body_regex"),
-                    h.get("timeout", 5),
-                    h.get("successes", 1),
-                    h.get("validate_certs", True),
-                )
-                for h in p["http"] or []
-            ],
-            log_checks,
-            [
-                ExecCheck(e["service"], e["command"], e.get("expect_rc", 0), e.get("stdout_regex"), e.get("user"))
-                for e in p["exec"] or []
-            ],
-        )
-        healthy, states, results, elapsed = waiter.wait()
-        failing = [r for r in results if r.status in (FAILED, INCONCLUSIVE)]
-        if healthy:
-            msg = "project %s is healthy after %.1f s (%d checks passed)" % (project, elapsed, len(results))
-        else:
-            msg = "project %s is NOT healthy after %.1f s: %s" % (
-                project,
-                elapsed,
-                "; ".join("%s: %s" % (r.name, r.reason) for r in failing),
-            )
-        return dict(
-            changed=False,
-            healthy=healthy,
-            services=summarize_services(states),
-            checks=[r.as_dict() for r in results],
-            elapsed=round(elapsed, 3),
-            msg=msg,
-            project=project,
-        )
 
 
 def main():
@@ -411,13 +296,11 @@ def main():
         fail_on_unhealthy=dict(type="bool", default=True),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGS)
-    argument_spec.update(DOCKER_COMMON_ARGS)
-    module = AnsibleModule(
-        argument_spec=argument_spec, required_one_of=[("project_src", "project_name")], supports_check_mode=True
-    )
+    argument_spec.update(profiles=dict(type="list", elements="str"))
+    module, engine = docker_module(argument_spec, required_one_of=[("project_src", "project_name")])
     try:
-        result = ComposeHealthChecker(module).run()
-    except ComposeError as exc:
+        result = ProjectHealth(module.params, engine).run()
+    except (HealthInputError, EngineError) as exc:
         module.fail_json(msg=str(exc), healthy=False)
     if not result["healthy"] and module.params["fail_on_unhealthy"]:
         module.fail_json(**result)

@@ -29,6 +29,7 @@ author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
+  - stackops.rollback.compose_project
   - stackops.rollback.ledger
   - stackops.rollback.docker
 attributes:
@@ -47,10 +48,6 @@ options:
       - Directory of the compose project.
     type: path
     required: true
-  project_name:
-    description:
-      - Compose project name. Defaults to the name Compose derives for O(project_src).
-    type: str
   state:
     description:
       - V(present) records the deployed release; V(restored) puts the files of O(release) back;
@@ -196,149 +193,14 @@ seconds:
   type: float
 """
 
-import os
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose, ComposeError
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
-    DEFAULT_LEDGER_DIR,
-    Ledger,
-    LedgerError,
-    atomic_write,
-    pin_document,
-    utcnow,
-)
-from ansible_collections.stackops.rollback.plugins.module_utils._release import (
-    apply_checkout,
-    capture,
-    ensure_images,
-    equivalent_running_refs,
-    load_target,
-    plan_checkout,
-    project_name,
-    summary,
-)
-
-
-class ReleaseRecorder:
-    def __init__(self, module):
-        self.module = module
-        self.params = module.params
-        self.results = {"changed": False}
-
-    def ledger_for(self, project):
-        return Ledger(self.params["ledger_dir"], project)
-
-    def record(self):
-        client = get_client(self.module)
-        release, contents = capture(self.module, client, self.params)
-        if self.params.get("git_commit"):
-            release["git"] = {"commit": self.params["git_commit"], "dirty": False}
-        ledger = self.ledger_for(release["project"])
-        current = ledger.current_id()
-        is_new = not ledger.has_release(release["id"])
-        event = self.params["event"]
-        unchanged = current == release["id"] and event == "deploy"
-        if is_new or not unchanged:
-            self.results["changed"] = True
-            if not self.module.check_mode:
-                if is_new:
-                    ledger.store_release(release, contents)
-                entry = {
-                    "event": event,
-                    "release": release["id"],
-                    "time": utcnow(),
-                    "version": self.params.get("version"),
-                    "details": self.params.get("details") or {},
-                }
-                ledger.append_event(entry)
-                if event != "deploy":
-                    ledger.audit(entry)
-        stored = ledger.get(release["id"]) if ledger.has_release(release["id"]) else release
-        self.results.update(release_id=release["id"], release=summary(stored), new_release=is_new)
-
-    def restore(self):
-        project_src = self.params["project_src"]
-        ledger = self.ledger_for(project_name(self.module, self.params))
-        release, contents = load_target(self.module, ledger, self.params.get("release"), self.params)
-        writes, removals, diff = plan_checkout(project_src, release, contents, bool(self.params.get("files")))
-        pinned = release.get("source") != "git"
-        running = equivalent_running_refs(get_client(self.module), ledger.project, release) if pinned else {}
-        pin = pin_document(release, running)
-        old_pin = None
-        if os.path.exists(ledger.pin_path):
-            with open(ledger.pin_path, "rb") as fh:
-                old_pin = fh.read()
-        pin_changes = pinned and old_pin != pin.encode()
-        changed = bool(writes or removals or pin_changes)
-        if changed and not self.module.check_mode:
-            keep_dir = os.path.join(ledger.dir, "removed", utcnow().replace(":", ""))
-            apply_checkout(project_src, release, contents, writes, removals, keep_dir)
-            if pinned:
-                ledger.ensure_dirs()
-                atomic_write(ledger.pin_path, pin.encode(), 0o600)
-        if not pinned:
-            self.module.warn(
-                "git ref %s was never recorded in the ledger: its images follow their tags, which may have "
-                "moved since; record each deploy with stackops.rollback.compose_release to pin digests"
-                % release["git"]["ref"]
-            )
-        compose_files = [os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "compose"]
-        if pinned:
-            compose_files.append(ledger.pin_path)
-        self.results.update(
-            changed=changed,
-            release_id=release.get("id"),
-            release=summary(release),
-            compose_files=compose_files,
-            env_files=[os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "env"],
-            pinned=pinned,
-            written=[e["path"] for e in writes] + ["%s (removed)" % name for name in removals],
-        )
-        if self.module._diff and changed:
-            self.results["diff"] = diff
-
-    def pull(self):
-        ledger = self.ledger_for(project_name(self.module, self.params))
-        release, _contents = load_target(self.module, ledger, self.params.get("release"), self.params)
-        pulled, present = ensure_images(get_client(self.module), release, self.module.check_mode)
-        self.results.update(
-            changed=bool(pulled), release_id=release.get("id"), release=summary(release), pulled=pulled, present=present
-        )
-
-    def replace(self):
-        services = self.params.get("services") or []
-        started = time.monotonic()
-        if services and not self.module.check_mode:
-            Compose.from_params(self.module).replace(services)
-        self.results.update(changed=bool(services), replaced=services, seconds=round(time.monotonic() - started, 3))
-
-    def run(self):
-        if self.params["state"] == "present":
-            self.record()
-            return self.results
-        if self.params["state"] == "replaced":
-            self.replace()
-            return self.results
-        if not self.params.get("release"):
-            self.module.fail_json(
-                msg="state=%s needs release: previous, current, a release id or a git ref" % self.params["state"]
-            )
-        if self.params["state"] == "restored":
-            self.restore()
-        else:
-            self.pull()
-        return self.results
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import compose_project_args
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, LedgerError
+from ansible_collections.stackops.rollback.plugins.module_utils._release import ReleaseError, Releases
 
 
 def main():
     argument_spec = dict(
-        project_src=dict(type="path", required=True),
-        project_name=dict(type="str"),
-        files=dict(type="list", elements="path"),
-        env_files=dict(type="list", elements="path"),
         ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
         state=dict(type="str", choices=["present", "restored", "pulled", "replaced"], default="present"),
         services=dict(type="list", elements="str"),
@@ -348,11 +210,11 @@ def main():
         git_commit=dict(type="str"),
         release=dict(type="str"),
     )
-    argument_spec.update(DOCKER_COMMON_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    argument_spec.update(compose_project_args(project_src=dict(required=True)))
+    module, engine = docker_module(argument_spec)
     try:
-        results = ReleaseRecorder(module).run()
-    except (LedgerError, ComposeError) as exc:
+        results = Releases(module, engine).run()
+    except (LedgerError, ReleaseError, EngineError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg="ledger or project file error: %s (%s)" % (exc.strerror, exc.filename))

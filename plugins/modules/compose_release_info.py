@@ -22,6 +22,7 @@ author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
+  - stackops.rollback.compose_project
   - stackops.rollback.ledger
   - stackops.rollback.docker
 attributes:
@@ -118,13 +119,40 @@ ledger_dir:
   description: The project's folder in the ledger.
   returned: success
   type: str
+ledger_paths:
+  description:
+    - Where the project's files are in the ledger, so that roles need not know its layout.
+  returned: success
+  type: dict
+  contains:
+    project_dir:
+      description: The project's folder in the ledger.
+      type: str
+    pin:
+      description: The compose override that pins each service's image by digest.
+      type: str
+    lock:
+      description: The project's lock file.
+      type: str
+    stage_dir:
+      description: The folder a blue-green rollback stages the target's files in.
+      type: str
+    alternate_file:
+      description: The compose file of a blue-green rollback's green copy.
+      type: str
+  sample:
+    project_dir: /var/lib/stackops-rollback/projects/shop
+    pin: /var/lib/stackops-rollback/projects/shop/pin.yml
+    lock: /var/lib/stackops-rollback/projects/shop/lock
+    stage_dir: /var/lib/stackops-rollback/projects/shop/green-src
+    alternate_file: /var/lib/stackops-rollback/projects/shop/green.json
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.stackops.rollback.plugins.module_utils._compose import ComposeError
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import DOCKER_COMMON_ARGS, get_client
+from ansible_collections.stackops.rollback.plugins.module_utils._compose import COMPOSE_PROJECT_ARGS
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, Ledger, LedgerError
 from ansible_collections.stackops.rollback.plugins.module_utils._release import (
+    ReleaseError,
     capture,
     load_target,
     project_name,
@@ -132,61 +160,51 @@ from ansible_collections.stackops.rollback.plugins.module_utils._release import 
 )
 
 
-class ReleaseLister:
-    def __init__(self, module):
-        self.module = module
-        self.params = module.params
-
-    def run(self):
-        ledger = Ledger(self.params["ledger_dir"], project_name(self.module, self.params))
-        releases = ledger.releases()
-        current_id, previous_id = ledger.current_id(), ledger.previous_id()
-        by_id = {r["id"]: r for r in releases}
-        result = {
-            "changed": False,
-            "project": ledger.project,
-            "ledger_dir": ledger.dir,
-            "releases": [summary(r) for r in reversed(releases)],
-            "current": summary(by_id.get(current_id)),
-            "previous": summary(by_id.get(previous_id)),
-            "history": ledger.history(),
-            "lock": ledger.lock_holder(),
-        }
-        deployed_id = None
-        if self.params["compare_deployed"]:
-            if not self.params.get("project_src"):
-                self.module.fail_json(msg="compare_deployed needs project_src")
-            release, _contents = capture(self.module, get_client(self.module), dict(self.params, version=None))
-            deployed_id = result["deployed_id"] = release["id"]
-            # The ledger's record of it, when there is one, carries its version label.
-            result["deployed"] = summary(by_id.get(deployed_id) or release)
-            # What runs but was never recorded counts as the latest deploy for `previous`.
-            result["previous"] = summary(by_id.get(ledger.previous_id(deployed_id)))
-        if self.params.get("target"):
-            release, _contents = load_target(self.module, ledger, self.params["target"], self.params, deployed_id)
-            result["target"] = summary(release)
-        return result
+def releases_info(module, engine):
+    """What the ledger knows of a project, what runs now and where a target would lead."""
+    params = module.params
+    ledger = Ledger(params["ledger_dir"], project_name(engine, params))
+    releases = ledger.releases()
+    current_id, previous_id = ledger.current_id(), ledger.previous_id()
+    by_id = {r["id"]: r for r in releases}
+    result = {
+        "changed": False,
+        "project": ledger.project,
+        "ledger_dir": ledger.dir,
+        "ledger_paths": ledger.paths(),
+        "releases": [summary(r) for r in reversed(releases)],
+        "current": summary(by_id.get(current_id)),
+        "previous": summary(by_id.get(previous_id)),
+        "history": ledger.history(),
+        "lock": ledger.lock_holder(),
+    }
+    deployed_id = None
+    if params["compare_deployed"]:
+        if not params.get("project_src"):
+            raise ReleaseError("compare_deployed needs project_src")
+        release, _contents = capture(engine, dict(params, version=None))
+        deployed_id = result["deployed_id"] = release["id"]
+        # The ledger's record of it, when there is one, carries its version label.
+        result["deployed"] = summary(by_id.get(deployed_id) or release)
+        # What runs but was never recorded counts as the latest deploy for `previous`.
+        result["previous"] = summary(by_id.get(ledger.previous_id(deployed_id)))
+    if params.get("target"):
+        release, _contents = load_target(engine, ledger, params["target"], params, deployed_id)
+        result["target"] = summary(release)
+    return result
 
 
 def main():
     argument_spec = dict(
-        project_src=dict(type="path"),
-        project_name=dict(type="str"),
-        files=dict(type="list", elements="path"),
-        env_files=dict(type="list", elements="path"),
         ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
         target=dict(type="str"),
         compare_deployed=dict(type="bool", default=False),
     )
-    argument_spec.update(DOCKER_COMMON_ARGS)
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        required_one_of=[("project_src", "project_name")],
-        supports_check_mode=True,
-    )
+    argument_spec.update(COMPOSE_PROJECT_ARGS)
+    module, engine = docker_module(argument_spec, required_one_of=[("project_src", "project_name")])
     try:
-        result = ReleaseLister(module).run()
-    except (LedgerError, ComposeError) as exc:
+        result = releases_info(module, engine)
+    except (LedgerError, ReleaseError, EngineError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

@@ -1,43 +1,9 @@
-"""Unit tests of the compose wrapper's parsing (both `ps --format json` formats)."""
+"""Unit tests of the compose project's command lines and of Compose version parsing."""
 
 from __future__ import annotations
 
 import pytest
-from ansible_collections.stackops.rollback.plugins.module_utils import _compose
-
-ENTRY_A = {"Service": "app", "State": "running", "Health": "healthy"}
-ENTRY_B = {"Service": "db", "State": "exited", "ExitCode": 1}
-LINE_A = '{"Service": "app", "State": "running", "Health": "healthy"}'
-LINE_B = '{"Service": "db", "State": "exited", "ExitCode": 1}'
-
-PS_CASES = [
-    ("", []),
-    ("  \n", []),
-    # Compose < 2.21: one JSON array
-    ('[{"Service": "app", "State": "running", "Health": "healthy"}]', [ENTRY_A]),
-    ("[]", []),
-    # Compose >= 2.21: one object per line
-    (
-        LINE_A + "\n" + LINE_B + "\n",
-        [ENTRY_A, ENTRY_B],
-    ),
-    ('{"Service": "app", "State": "running", "Health": "healthy"}', [ENTRY_A]),
-    # Blank lines between objects
-    (
-        "\n" + LINE_A + "\n\n" + LINE_B,
-        [ENTRY_A, ENTRY_B],
-    ),
-]
-
-
-@pytest.mark.parametrize(("text", "expected"), PS_CASES)
-def test_parse_ps_output_reads_both_formats(text, expected):
-    assert _compose.parse_ps_output(text) == expected
-
-
-def test_parse_ps_output_names_the_bad_line():
-    with pytest.raises(ValueError, match="line 2 is not JSON"):
-        _compose.parse_ps_output('{"Service": "app"}\nnot json')
+from ansible_collections.stackops.rollback.plugins.module_utils import _compose, _docker
 
 
 @pytest.mark.parametrize(
@@ -50,4 +16,58 @@ def test_parse_ps_output_names_the_bad_line():
     ],
 )
 def test_parse_version(text, expected):
-    assert _compose.parse_version(text) == expected
+    assert _docker.parse_version(text) == expected
+
+
+class RecordingEngine:
+    def __init__(self, outputs=None):
+        self.calls = []
+        self.outputs = list(outputs or [])
+        self.started = []
+
+    def compose(self, project_args, args, cwd=None, check=True):
+        self.calls.append((project_args, args, cwd))
+        return 0, self.outputs.pop(0) if self.outputs else "", ""
+
+    def start_containers(self, ids, what):
+        self.started.append((ids, what))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"project_name": "shop"}, ["--project-name", "shop"]),
+        (
+            {"project_src": "/srv/shop", "files": ["compose.yml", "/var/lib/pin.yml"], "env_files": [".env"]},
+            [
+                *("--project-directory", "/srv/shop"),
+                *("--file", "/srv/shop/compose.yml", "--file", "/var/lib/pin.yml"),
+                *("--env-file", ".env"),
+            ],
+        ),
+        ({"project_name": "shop", "profiles": ["debug"]}, ["--profile", "debug", "--project-name", "shop"]),
+    ],
+)
+def test_project_args(options, expected):
+    assert _compose.Compose(RecordingEngine(), **options).project_args() == expected
+
+
+def test_a_project_needs_a_directory_or_a_name():
+    with pytest.raises(_docker.ComposeError, match="one of project_src or project_name is required"):
+        _compose.Compose(RecordingEngine())
+
+
+def test_replace_creates_then_starts_the_new_containers_in_one_command():
+    engine = RecordingEngine(outputs=["", "c1\nc2\n"])
+    ids = _compose.Compose(engine, project_src="/srv/shop").replace(["app", "web"])
+    assert [call[1] for call in engine.calls] == [
+        ["create", "--", "app", "web"],
+        ["ps", "--all", "--quiet", "--", "app", "web"],
+    ]
+    assert ids == ["c1", "c2"] and engine.started == [(["c1", "c2"], "app, web")]
+
+
+def test_compose_project_args_can_require_an_option():
+    spec = _compose.compose_project_args(project_src=dict(required=True))
+    assert spec["project_src"] == {"type": "path", "required": True}
+    assert "required" not in _compose.COMPOSE_PROJECT_ARGS["project_src"]

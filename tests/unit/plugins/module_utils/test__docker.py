@@ -1,18 +1,107 @@
-"""Unit tests of the Docker client factory's error handling."""
+"""Unit tests of the engine gateway: its errors, the docker host it picks, the Compose gate."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _docker
 
 
+class FakeModule:
+    """The AnsibleModule surface the Engine uses: params, get_bin_path, run_command."""
+
+    def __init__(self, params=None, answers=None):
+        self.params = dict({"docker_host": None, "api_timeout": 5}, **(params or {}))
+        self.answers = list(answers or [])
+        self.commands = []
+
+    def get_bin_path(self, name, required=False):
+        return "/usr/bin/" + name
+
+    def run_command(self, cmd, **kwargs):
+        self.commands.append(cmd)
+        return self.answers.pop(0)
+
+
 def test_unreachable_engine_names_the_host_and_what_to_do(tmp_path):
     host = "unix://%s/nothing-listens.sock" % tmp_path
-    with pytest.raises(_docker.DockerUnavailable) as info:
-        _docker.connect({"docker_host": host, "api_timeout": 5})
+    with pytest.raises(_docker.EngineError) as info:
+        _docker.Engine(FakeModule({"docker_host": host})).ping()
     message = str(info.value)
     assert host in message
     assert "Is the Docker daemon running?" in message
+
+
+def test_permission_denied_on_the_socket_says_become():
+    refused = ConnectionError("Connection aborted")
+    refused.__cause__ = PermissionError(13, "Permission denied")
+    message = _docker.advice(refused, "unix:///var/run/docker.sock")
+    assert "permission denied" in message and "become" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("client version 1.24 is too old. Minimum supported API version is 1.25", "upgrade the docker SDK"),
+        ("client version 1.45 is too new. Maximum supported API version is 1.41", "upgrade the engine"),
+        ("Connection refused", "Is the Docker daemon running?"),
+    ],
+    ids=["sdk-too-old", "engine-too-old", "not-running"],
+)
+def test_api_version_mismatches_say_which_side_to_upgrade(text, words):
+    assert words in _docker.advice(Exception(text), "unix:///var/run/docker.sock")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ((0, "2.26.1\n", ""), None),
+        ((0, "v2.18.0", ""), None),
+        ((0, "2.17.3\n", ""), "Compose 2.17.3 is too old; stackops.rollback needs Compose v2 >= 2.18.0"),
+        ((1, "", "docker: 'compose' is not a docker command."), "'docker compose' is not available"),
+        ((0, "garbage", ""), "too old"),
+    ],
+)
+def test_the_compose_version_gate_runs_once_per_engine(answer, error):
+    module = FakeModule(answers=[answer, (0, "{}", "")])
+    engine = _docker.Engine(module)
+    if error:
+        with pytest.raises(_docker.ComposeError, match=re.escape(error)):
+            engine.compose(["--project-name", "p"], ["config"])
+        return
+    engine.compose(["--project-name", "p"], ["config"])
+    assert engine.compose_version() >= _docker.COMPOSE_MIN_VERSION
+    assert module.commands == [
+        ["/usr/bin/docker", "compose", "version", "--short"],
+        ["/usr/bin/docker", "compose", "--project-name", "p", "config"],
+    ]
+
+
+def test_a_failing_compose_command_names_the_subcommand_and_its_last_line():
+    module = FakeModule(answers=[(0, "2.26.1", ""), (1, "", "pulling\nno such image: app:v9")])
+    with pytest.raises(_docker.ComposeError) as info:
+        _docker.Engine(module).compose(["--project-directory", "/srv/shop"], ["pull", "--quiet"])
+    assert str(info.value) == "docker compose pull --quiet failed (rc=1): ['no such image: app:v9']"
+    assert info.value.rc == 1
+
+
+def test_the_cli_is_given_the_engine_of_docker_host():
+    module = FakeModule({"docker_host": "tcp://127.0.0.1:2376"}, answers=[(0, "", "")])
+    _docker.Engine(module).start_containers(["a1", "b2"], "app, web")
+    assert module.commands == [["/usr/bin/docker", "--host", "tcp://127.0.0.1:2376", "start", "a1", "b2"]]
+
+
+@pytest.mark.parametrize(
+    ("pieces", "size", "expected"),
+    [
+        ([], 4, []),
+        ([b"ab", b"c", b"def", b"g"], 4, [b"abcdef", b"g"]),
+        ([b"abcd", b"e"], 4, [b"abcd", b"e"]),
+    ],
+)
+def test_coalesce_joins_small_pieces(pieces, size, expected):
+    assert list(_docker.coalesce(pieces, size)) == expected
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import types
 
 import pytest
-from ansible_collections.stackops.rollback.plugins.module_utils import _volumes
+from ansible_collections.stackops.rollback.plugins.module_utils import _docker, _volumes
 
 
-def client(base_url):
-    return types.SimpleNamespace(api=types.SimpleNamespace(base_url=base_url))
+def engine(base_url):
+    """An Engine whose SDK client is a stand-in that only has the API's base_url."""
+    gateway = _docker.Engine(types.SimpleNamespace(params={}))
+    gateway._client = types.SimpleNamespace(api=types.SimpleNamespace(base_url=base_url))
+    return gateway
 
 
 @pytest.mark.parametrize(
@@ -28,4 +31,4 @@ def test_local_mountpoint_only_for_the_engine_on_this_host(tmp_path, base_url, d
     if exists:
         mountpoint.mkdir()
     attrs = {"Name": "v", "Driver": driver, "Mountpoint": str(mountpoint)}
-    assert _volumes.local_mountpoint(client(base_url), attrs) == (str(mountpoint) if expected else None)
+    assert _volumes.local_mountpoint(engine(base_url), attrs) == (str(mountpoint) if expected else None)

@@ -1,10 +1,10 @@
-"""Unit tests of volume_backup's choices that need no engine (the module is faked at its edge)."""
+"""Unit tests of the volume backups' choices that need no engine (the module is faked at its edge)."""
 
 from __future__ import annotations
 
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
-from ansible_collections.stackops.rollback.plugins.modules import volume_backup
+from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 
 
 class FakeModule:
@@ -32,11 +32,11 @@ class FakeModule:
 )
 def test_compression_choice(asked, zstd, expected, warned):
     module = FakeModule({"compression": asked}, zstd)
-    assert volume_backup.VolumeBackupManager(module, None).compression() == expected
+    assert VolumeBackups(module, None).compression() == expected
     assert bool(module.warnings) == warned
 
 
 def test_zstd_asked_for_but_missing_is_a_clear_error():
-    manager = volume_backup.VolumeBackupManager(FakeModule({"compression": "zstd"}, None), None)
+    manager = VolumeBackups(FakeModule({"compression": "zstd"}, None), None)
     with pytest.raises(ArchiveError, match="zstd binary is not on the managed host"):
         manager.compression()

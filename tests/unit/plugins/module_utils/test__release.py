@@ -1,0 +1,218 @@
+"""Unit tests of the pure parts of releases: target resolution, checkout planning, tag splitting,
+image choice. The ledger is a real one in a temporary folder; git answers come from a table."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.stackops.rollback.plugins.module_utils import _release
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import Ledger, LedgerError, sha256_bytes
+from ansible_collections.stackops.rollback.plugins.module_utils._release import ReleaseError
+
+COMMIT_A = "a" * 40
+COMMIT_B = "b" * 40
+
+
+class GitModule:
+    """get_bin_path and run_command of an AnsibleModule, answering git from a table."""
+
+    def __init__(self, answers=None, git="/usr/bin/git"):
+        self.answers = answers or {}
+        self.git = git
+
+    def get_bin_path(self, name, required=False):
+        return self.git if name == "git" else None
+
+    def run_command(self, cmd, **kwargs):
+        key = " ".join(cmd[3:])  # after: git -C <dir>
+        return self.answers.get(key, (1, "", "fatal: not a git ref"))
+
+
+def store(ledger, release_id, version, commit=None, files=None):
+    files = files or {"compose.yml": b"services: {app: {image: app:%s}}\n" % version.encode()}
+    entries = [
+        {"path": name, "kind": "env" if name.startswith(".env") else "compose", "sha256": sha256_bytes(data)}
+        for name, data in files.items()
+    ]
+    release = {
+        "id": release_id,
+        "project": ledger.project,
+        "files": entries,
+        "services": {"app": {"image": "app:%s" % version, "image_id": "sha256:" + release_id}},
+        "git": {"commit": commit, "dirty": False} if commit else None,
+        "version": version,
+        "created": "2026-12-01T00:00:0%d.000000Z" % len(ledger.releases()),
+    }
+    ledger.store_release(release, files)
+    return release
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    book = Ledger(str(tmp_path / "ledger"), "shop")
+    store(book, "111111111111", "v1", COMMIT_A)
+    store(book, "222222222222", "v2")
+    for release_id in ("111111111111", "222222222222"):
+        book.append_event({"event": "deploy", "release": release_id})
+    return book
+
+
+TARGETS = [
+    # (target, deployed now, git answers, expected release id or version, or the error's words)
+    ("previous", None, {}, "111111111111"),
+    (None, None, {}, "111111111111"),
+    ("  previous ", None, {}, "111111111111"),
+    ("current", None, {}, "222222222222"),
+    ("222222222222", None, {}, "222222222222"),
+    # Something runs that was never recorded: the last recorded deploy is `previous`.
+    ("previous", "333333333333", {}, "222222222222"),
+    # A git ref recorded in the ledger resolves to that release, with its digests.
+    ("v1-tag", None, {"rev-parse --verify --quiet v1-tag^{commit}": (0, COMMIT_A + "\n", "")}, "111111111111"),
+    # A commit never recorded is read from git: its files only, images by tag.
+    (
+        "main",
+        None,
+        {
+            "rev-parse --verify --quiet main^{commit}": (0, COMMIT_B + "\n", ""),
+            "cat-file -e %s:compose.yml" % COMMIT_B: (0, "", ""),
+        },
+        "git:main",
+    ),
+    ("nope", None, {}, "neither a release id of project shop"),
+    (
+        "main",
+        None,
+        {"rev-parse --verify --quiet main^{commit}": (0, COMMIT_B + "\n", "")},
+        "holds none of the project's compose files",
+    ),
+]
+
+
+@pytest.mark.parametrize(("target", "deployed_now", "answers", "expected"), TARGETS)
+def test_resolve_target(ledger, tmp_path, target, deployed_now, answers, expected):
+    module = GitModule(answers)
+    if " " in expected:
+        with pytest.raises(ReleaseError, match=expected):
+            _release.resolve_target(module, ledger, target, str(tmp_path), deployed_now)
+        return
+    release = _release.resolve_target(module, ledger, target, str(tmp_path), deployed_now)
+    if expected.startswith("git:"):
+        assert release["source"] == "git" and release["version"] == expected[4:] and release["id"] is None
+        assert [f["path"] for f in release["files"]] == ["compose.yml"]
+    else:
+        assert release["id"] == expected
+
+
+def test_previous_without_history_says_how_to_record(tmp_path):
+    with pytest.raises(ReleaseError, match=r"record each deploy with stackops\.rollback\.compose_release"):
+        _release.resolve_target(GitModule(), Ledger(str(tmp_path), "shop"), "previous")
+
+
+@pytest.mark.parametrize(
+    ("project_src", "git", "words"),
+    [(None, "/usr/bin/git", "project_src is not set"), ("/srv/shop", None, "git is not installed")],
+)
+def test_a_git_ref_needs_the_project_and_git(ledger, project_src, git, words):
+    with pytest.raises(ReleaseError, match=words):
+        _release.resolve_target(GitModule(git=git), ledger, "main", project_src)
+
+
+def test_a_damaged_ledger_copy_is_refused(ledger):
+    release = ledger.get("111111111111")
+    path = ledger.release_dir("111111111111") + "/files/compose.yml"
+    with open(path, "ab") as fh:
+        fh.write(b"# edited by hand\n")
+    with pytest.raises(LedgerError, match=r"does not match its checksum; the ledger at .* is damaged"):
+        _release.target_contents(GitModule(), ledger, release, "/srv/shop")
+
+
+CHECKOUTS = [
+    # (files in the project now, the release's files, explicit files?, writes, removals)
+    ({"compose.yml": b"v2"}, {"compose.yml": b"v1"}, False, ["compose.yml"], []),
+    ({"compose.yml": b"v1"}, {"compose.yml": b"v1"}, False, [], []),
+    ({}, {"compose.yml": b"v1", ".env": b"TAG=v1\n"}, False, ["compose.yml", ".env"], []),
+    # Compose loads an override by itself: one the target did not have must go...
+    (
+        {"compose.yml": b"v1", "compose.override.yaml": b"x"},
+        {"compose.yml": b"v1"},
+        False,
+        [],
+        ["compose.override.yaml"],
+    ),
+    # ...unless the files are named explicitly, when Compose does not look for it.
+    ({"compose.yml": b"v1", "compose.override.yaml": b"x"}, {"compose.yml": b"v1"}, True, [], []),
+    (
+        {"compose.yml": b"v1", "compose.override.yaml": b"x"},
+        {"compose.yml": b"v1", "compose.override.yaml": b"x"},
+        False,
+        [],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(("present", "wanted", "explicit", "writes", "removals"), CHECKOUTS)
+def test_plan_checkout(tmp_path, present, wanted, explicit, writes, removals):
+    for name, data in present.items():
+        (tmp_path / name).write_bytes(data)
+    release = {"files": [{"path": n, "kind": "env" if n == ".env" else "compose"} for n in wanted]}
+    planned, removed, _diff = _release.plan_checkout(str(tmp_path), release, wanted, explicit)
+    assert [e["path"] for e in planned] == writes
+    assert removed == removals
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == present, "planning wrote something"
+
+
+def test_plan_checkout_never_shows_env_contents(tmp_path):
+    (tmp_path / ".env").write_text("DB_PASSWORD=old-secret\n")
+    release = {"files": [{"path": ".env", "kind": "env"}]}
+    _writes, _removals, diff = _release.plan_checkout(str(tmp_path), release, {".env": b"DB_PASSWORD=new-secret\n"})
+    assert "secret" not in diff["before"] + diff["after"]
+    assert _release.ENV_REDACTED in diff["after"]
+
+
+def test_apply_checkout_keeps_env_files_private(tmp_path):
+    release = {"files": [{"path": ".env", "kind": "env", "mode": "0644"}, {"path": "compose.yml", "kind": "compose"}]}
+    contents = {".env": b"A=1\n", "compose.yml": b"services: {}\n"}
+    writes, removals, _diff = _release.plan_checkout(str(tmp_path), release, contents)
+    _release.apply_checkout(str(tmp_path), release, contents, writes, removals, str(tmp_path / "removed"))
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "compose.yml").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("app", ("app", "latest")),
+        ("app:v1", ("app", "v1")),
+        ("127.0.0.1:5000/stackops/app:v2", ("127.0.0.1:5000/stackops/app", "v2")),
+        ("127.0.0.1:5000/stackops/app", ("127.0.0.1:5000/stackops/app", "latest")),
+        ("registry.example:443/team/db", ("registry.example:443/team/db", "latest")),
+    ],
+)
+def test_split_tag(ref, expected):
+    assert _release.split_tag(ref) == expected
+
+
+class ImageEngine:
+    def __init__(self, images):
+        self.images = images
+
+    def image(self, ref):
+        return self.images.get(ref)
+
+
+@pytest.mark.parametrize(
+    ("configured", "digests", "expected"),
+    [
+        ("reg:5000/app:v1", ["reg:5000/app@sha256:1", "mirror/app@sha256:2"], "reg:5000/app@sha256:1"),
+        ("mirror/app:v1", ["reg:5000/app@sha256:1", "mirror/app@sha256:2"], "mirror/app@sha256:2"),
+        ("other/app:v1", ["reg:5000/app@sha256:1"], "reg:5000/app@sha256:1"),
+        ("app:v1", [], None),
+    ],
+)
+def test_image_details_chooses_the_digest_of_the_configured_repository(configured, digests, expected):
+    engine = ImageEngine({"sha256:x": {"Id": "sha256:x", "RepoDigests": digests, "RepoTags": [configured]}})
+    assert _release.image_details(engine, "sha256:x", configured)[0] == expected
+
+
+def test_an_image_gone_since_its_container_started_has_no_digest():
+    assert _release.image_details(ImageEngine({}), "sha256:gone", "app:v1") == (None, [])
