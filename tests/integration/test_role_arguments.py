@@ -1,0 +1,37 @@
+"""Required role variables have no defaults: ansible-core's argument check stops the play before
+any task runs, with a message that names what is missing, and nothing on the host changes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import testbed
+from shop import LEDGER
+
+CASES = [
+    ("rollback_recreate.yml", {}, ["recreate_project_src"]),
+    (
+        "rollback_blue_green.yml",
+        {"blue_green_project_src": "/srv/shop", "blue_green_proxy_port": 8080},
+        ["blue_green_caddy_site", "blue_green_caddyfile", "blue_green_proxy_service"],
+    ),
+]
+
+
+def ledger_listing():
+    return sorted(str(p) for p in LEDGER.rglob("*")) if LEDGER.exists() else []
+
+
+@pytest.mark.parametrize(("playbook", "given", "missing"), CASES, ids=["recreate", "blue_green"])
+def test_a_missing_required_variable_stops_the_play_before_anything_runs(tmp_path, playbook, given, missing):
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
+    before = ledger_listing()
+    result = testbed.run_playbook(testbed.REPO_ROOT / "playbooks" / playbook, given or None, inventory=str(inventory))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "missing required arguments: %s" % ", ".join(missing) in output, output[-3000:]
+    # The argument check is the first task: no module of ours ran, nothing was written.
+    assert "stackops.rollback.common" not in output, output[-3000:]
+    assert ledger_listing() == before
