@@ -68,8 +68,7 @@ integration:
 	$(PYTEST) tests/integration
 
 molecule:
-	$(BIN)/molecule test --all
-	@scripts/molecule-verify-can-fail default
+	@scripts/molecule-test-all
 
 bench: venv testbed
 	@$(BIN)/python bench/run.py $(BENCH)
