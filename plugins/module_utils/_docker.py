@@ -92,6 +92,11 @@ def docker_host_of(params):
     return params.get("docker_host") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
+def project_filter(project):
+    """The engine's list filter for a compose project's objects (containers, volumes)."""
+    return {"label": "%s=%s" % (PROJECT_LABEL, project)}
+
+
 def parse_version(text):
     """'Docker Compose version v2.26.1-4' or '2.26.1' -> (2, 26, 1); None when not found."""
     match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text or "")
@@ -245,7 +250,7 @@ class Engine:
     def project_containers(self, project):
         """A compose project's service containers (all states), one-off `compose run`s left out."""
         with self._errors("listing the containers of compose project %s" % project):
-            found = self.client.containers.list(all=True, filters={"label": "%s=%s" % (PROJECT_LABEL, project)})
+            found = self.client.containers.list(all=True, filters=project_filter(project))
         return [c for c in found if (c.labels or {}).get(ONEOFF_LABEL) != "True"]
 
     def project_states(self, project):
@@ -254,7 +259,7 @@ class Engine:
         What changes when a container starts, stops or changes health.
         """
         with self._errors("listing the containers of compose project %s" % project):
-            listed = self.client.api.containers(all=True, filters={"label": "%s=%s" % (PROJECT_LABEL, project)})
+            listed = self.client.api.containers(all=True, filters=project_filter(project))
         states = []
         for c in listed:
             status = c.get("Status") or ""
@@ -264,7 +269,7 @@ class Engine:
     def project_volumes(self, project):
         """Names of a compose project's volumes, sorted."""
         with self._errors("listing the volumes of compose project %s" % project):
-            found = self.client.volumes.list(filters={"label": "%s=%s" % (PROJECT_LABEL, project)})
+            found = self.client.volumes.list(filters=project_filter(project))
         return sorted(v.name for v in found)
 
     def container(self, name):
