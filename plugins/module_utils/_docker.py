@@ -309,8 +309,11 @@ class Engine:
             container.reload()
         return container.attrs
 
-    def exec(self, container, command, user=None, timeout=None):
+    def exec(self, container, command, user=None, timeout=None, environment=None):
         """Run an argument list in a running container: (rc, stdout, stderr) as text.
+
+        `environment` is how secrets reach a client (a password never goes on a command line,
+        where `ps` and the engine's exec records would show it).
 
         With a timeout, a command that does not finish in time is an EngineError (it may still
         run inside the container: the engine has no way to stop an exec).
@@ -318,6 +321,8 @@ class Engine:
         options = {"demux": True}
         if user:
             options["user"] = user
+        if environment:
+            options["environment"] = dict(environment)
         result = {}
 
         def target():

@@ -8,6 +8,8 @@ Layout under the ledger directory (default /var/lib/stackops-rollback), private 
 
     projects/<project>/releases/<id>/release.json   the release: services, images, files
     projects/<project>/releases/<id>/files/...      copies of its compose and env files (0600)
+    projects/<project>/releases/<id>/deploy.json    what its deploy recorded: notes, database schemas
+    projects/<project>/restore-points.jsonl         restore points: database volumes backed up before a deploy
     projects/<project>/history.jsonl                one event a line: deploy, rollback, ...
     projects/<project>/pin.yml                      compose override pinning images by digest
     projects/<project>/lock                         held by a rollback in progress
@@ -135,6 +137,7 @@ class Ledger:
         self.audit_path = os.path.join(self.root, "audit.log")
         self.stage_dir = os.path.join(self.dir, "green-src")
         self.alternate_file = os.path.join(self.dir, "green.json")
+        self.restore_points_path = os.path.join(self.dir, "restore-points.jsonl")
 
     def paths(self):
         """Where this project's files are in the ledger, for roles and reports."""
@@ -217,6 +220,33 @@ class Ledger:
             raise
         return True
 
+    def deploy_record(self, release_id):
+        """What the deploy of a release recorded besides the release: {notes, databases}; {} when nothing."""
+        path = os.path.join(self.release_dir(release_id), "deploy.json")
+        data = read_bytes(path)
+        if data is None:
+            return {}
+        try:
+            return json.loads(data.decode("utf-8"))
+        except ValueError as exc:
+            raise LedgerError("deploy record %s is damaged: %s" % (path, exc)) from exc
+
+    def write_deploy_record(self, release_id, record):
+        """Replace a release's deploy record (atomically); False when it already says the same."""
+        if self.deploy_record(release_id) == record:
+            return False
+        path = os.path.join(self.release_dir(release_id), "deploy.json")
+        atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+        return True
+
+    def restore_points(self):
+        """Every restore point recorded, oldest first."""
+        return self._json_lines(self.restore_points_path)
+
+    def add_restore_point(self, entry):
+        self.ensure_dirs()
+        append_json_line(self.restore_points_path, entry)
+
     def removed_dir(self):
         """A new folder for files a rollback takes out of the project directory."""
         return os.path.join(self.dir, "removed", utcnow().replace(":", ""))
@@ -231,19 +261,23 @@ class Ledger:
 
     # -- history ---------------------------------------------------------------------------
     def history(self):
-        if not os.path.exists(self.history_path):
+        return self._json_lines(self.history_path)
+
+    @staticmethod
+    def _json_lines(path):
+        if not os.path.exists(path):
             return []
-        events = []
-        with open(self.history_path) as fh:
+        entries = []
+        with open(path) as fh:
             for number, line in enumerate(fh, 1):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    events.append(json.loads(line))
+                    entries.append(json.loads(line))
                 except ValueError as exc:
-                    raise LedgerError("history %s line %d is damaged: %s" % (self.history_path, number, exc)) from exc
-        return events
+                    raise LedgerError("%s line %d is damaged: %s" % (path, number, exc)) from exc
+        return entries
 
     def append_event(self, event):
         self.ensure_dirs()

@@ -16,7 +16,9 @@ import shutil
 import tempfile
 import time
 
+from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.stackops.rollback.plugins.module_utils._database import Databases, key_of
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL, EngineError
 from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, read_bytes
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
@@ -445,6 +447,28 @@ def split_tag(ref):
     return ref, "latest"
 
 
+class BackupOptions:
+    """What VolumeBackups reads of a module, for a backup another module takes (a restore point)."""
+
+    def __init__(self, module, **params):
+        self.params = dict(
+            dict(
+                compression=None,
+                keep=0,
+                stop_containers=True,
+                stop_timeout=30,
+                archive=None,
+                dest=None,
+                safety_dir=None,
+                create_volume=False,
+            ),
+            **params,
+        )
+        self.check_mode = module.check_mode
+        self.warn = module.warn
+        self.get_bin_path = module.get_bin_path
+
+
 class Releases:
     """What stackops.rollback.compose_release does, one method per state; each returns its results.
 
@@ -483,7 +507,67 @@ class Releases:
             if event != "deploy":
                 ledger.audit(entry)
         stored = ledger.get(release["id"]) if ledger.has_release(release["id"]) else release
-        return dict(changed=changed, release_id=release["id"], release=summary(stored), new_release=is_new)
+        results = dict(changed=changed, release_id=release["id"], release=summary(stored), new_release=is_new)
+        if self.params.get("restore_point"):
+            results["restore_point"] = self.take_restore_point(ledger, release)
+            results["changed"] = True
+        if event == "deploy" and (self.params.get("databases") or self.params.get("notes") is not None):
+            record_changed, record = self.record_deploy(ledger, release)
+            results["changed"] = results["changed"] or record_changed
+            results["notes"] = record.get("notes")
+            results["databases"] = {
+                key: {k: db[k] for k in ("sha256", "tables", "migrations")}
+                for key, db in record.get("databases", {}).items()
+            }
+        return results
+
+    def databases(self, project):
+        return Databases(self.engine, project, self.params.get("databases"))
+
+    def record_deploy(self, ledger, release):
+        """Store the deploy notes and each declared database's schema with the release: (changed, record)."""
+        existing = ledger.deploy_record(release["id"]) if ledger.has_release(release["id"]) else {}
+        record = dict(existing)
+        if self.params.get("notes") is not None:
+            record["notes"] = self.params["notes"]
+        if self.params.get("databases"):
+            record["databases"] = self.databases(release["project"]).records()
+        changed = record != existing
+        if changed and not self.module.check_mode:
+            ledger.write_deploy_record(release["id"], record)
+        return changed, record
+
+    def take_restore_point(self, ledger, release):
+        """Back up every volume of each declared database, consistently and verified, before a deploy."""
+        databases = self.databases(release["project"])
+        if not databases.declarations:
+            raise ReleaseError("restore_point needs databases: the databases whose volumes the restore point holds")
+        volumes = []
+        for decl in databases.declarations:
+            names = databases.volumes(decl)
+            if not names:
+                raise ReleaseError(
+                    "service %s of database %s mounts no volume: a restore point backs up volumes; nothing was changed"
+                    % (decl["service"], key_of(decl))
+                )
+            volumes.extend((key_of(decl), name) for name in names if name not in [v for _k, v in volumes])
+        dest = self.params.get("restore_point_dir")
+        backups = VolumeBackups(BackupOptions(self.module, dest=dest), self.engine)
+        archives = []
+        for key, volume in volumes:
+            backup = backups.backup(volume)
+            if not self.module.check_mode:
+                backups.params["archive"] = backup["archive"]
+                backups.verify()  # a restore point that does not verify is not one
+            archives.append(
+                {"database": key, "volume": volume, "archive": backup["archive"], "sha256": backup.get("sha256")}
+            )
+        stored = ledger.get(release["id"]) if ledger.has_release(release["id"]) else release
+        label = stored.get("version")
+        entry = {"release": release["id"], "version": label, "time": utcnow(), "archives": archives}
+        if not self.module.check_mode:
+            ledger.add_restore_point(entry)
+        return dict(entry, describe="data as of release %s, before the next deploy" % release["id"])
 
     def restored(self):
         """Put a release's files into the project and pin its images by digest (the ledger's pin file)."""
@@ -542,3 +626,48 @@ class Releases:
         if state in ("restored", "pulled") and not self.params.get("release"):
             raise ReleaseError("state=%s needs release: previous, current, a release id or a git ref" % state)
         return getattr(self, state)()
+
+
+def crossed_releases(ledger, target_id, deployed_id=None):
+    """The releases a rollback to target_id crosses, newest first, each with its deploy notes.
+
+    They are the releases deployed after the target's last deploy, up to what runs now: the field
+    guide's "document migration reversibility in deploy notes" is read back from them.
+    """
+    events = [e for e in ledger.history() if e.get("event") in ("deploy",)]
+    if deployed_id and (not events or events[-1]["release"] != deployed_id):
+        events.append({"event": "deploy", "release": deployed_id})
+    last = max((i for i, e in enumerate(events) if e["release"] == target_id), default=None)
+    if target_id is None or last is None:
+        return []
+    crossed, seen = [], set()
+    for event in reversed(events[last + 1 :]):
+        release_id = event["release"]
+        if release_id == target_id or release_id in seen:
+            continue
+        seen.add(release_id)
+        known = ledger.has_release(release_id)
+        crossed.append(
+            {
+                "id": release_id,
+                "version": ledger.get(release_id).get("version") if known else None,
+                "notes": ledger.deploy_record(release_id).get("notes") if known else None,
+            }
+        )
+    return crossed
+
+
+def restore_point_of(ledger, release_id):
+    """The newest restore point holding the data as of release_id, with the release deployed after it."""
+    points = [p for p in ledger.restore_points() if p.get("release") == release_id]
+    if not points:
+        return None
+    point = dict(points[-1])
+    after = [e for e in ledger.history() if e.get("event") == "deploy" and e.get("time", "") > point.get("time", "")]
+    point["before"] = next((e["release"] for e in after if e["release"] != release_id), None)
+    point["describe"] = "data as of release %s%s, taken %s" % (
+        release_id,
+        ", before release %s" % point["before"] if point["before"] else "",
+        point.get("time"),
+    )
+    return point

@@ -24,24 +24,36 @@ description:
   - With O(state=pulled), makes sure every image of O(release) is on the host. Recorded images are
     pulled by digest when missing, a release read from git is pulled by tag, and an image that was
     built on the host must still be there. Roles call it before anything stops.
+  - With O(databases), each deploy also records every declared database's schema (normalized, with
+    its sha256) and the rows of its migration tables, so that M(stackops.rollback.compose_schema)
+    and the roles can tell before a rollback whether the target's code can run on the schema left
+    by newer releases. O(notes) is stored with the release and shown in every rollback plan that crosses it.
+  - With O(restore_point=true), takes a consistent, verified backup of every volume of each declared
+    database before anything else (the database's containers are stopped for the copy), and records
+    it as the data as of the release that runs now - run it before a deploy changes the schema.
   - The ledger, its file copies and restored env files are never readable by others.
 author:
   - stackops.rollback developers (@stackops)
 extends_documentation_fragment:
   - stackops.rollback.attributes
   - stackops.rollback.compose_project
+  - stackops.rollback.databases
   - stackops.rollback.ledger
   - stackops.rollback.docker
 attributes:
   check_mode:
     support: full
-    details: Reports the release that would be recorded, or the files that would be written.
+    details: >-
+      Reports the release that would be recorded, or the files that would be written;
+      dumps schemas (read-only) but takes no restore point.
   diff_mode:
     support: full
     details: With O(state=restored), the compose file changes; env files are shown as changed, never their content.
   idempotent:
     support: full
-    details: Recording an unchanged deployment, or restoring files that are already in place, changes nothing.
+    details: >-
+      Recording an unchanged deployment (and an unchanged schema), or restoring files that are already in place,
+      changes nothing. Each O(restore_point=true) run takes a new restore point.
 options:
   project_src:
     description:
@@ -92,6 +104,23 @@ options:
     description:
       - For O(state=restored) and O(state=pulled), the release - V(previous), V(current), a release id, or a git ref.
     type: str
+  notes:
+    description:
+      - For O(state=present) with O(event=deploy), free text stored with the release - the field guide's
+        "document migration reversibility in deploy notes", for example C(0042 drops orders.item, irreversible).
+      - Shown in every rollback plan and report that crosses this release. Left out, earlier notes are kept.
+    type: str
+  restore_point:
+    description:
+      - For O(state=present), back up the volumes of each declared database (O(databases)) first,
+        consistently and verified, and record the backup as a restore point of the release that runs now.
+    type: bool
+    default: false
+  restore_point_dir:
+    description:
+      - Where restore point archives are written (0600, with their manifests).
+    type: path
+    default: /var/backups/stackops-rollback/restore-points
 seealso:
   - module: stackops.rollback.compose_release_info
 requirements:
@@ -104,6 +133,25 @@ EXAMPLES = r"""
   stackops.rollback.compose_release:
     project_src: /srv/shop
     version: "{{ shop_version }}"
+
+- name: Before a deploy - a restore point of the database, and the schema the running release has
+  stackops.rollback.compose_release:
+    project_src: /srv/shop
+    databases:
+      - service: db
+        engine: postgres
+        database: shop
+    restore_point: true
+
+- name: After the deploy - record it, its schema and what its migrations do
+  stackops.rollback.compose_release:
+    project_src: /srv/shop
+    version: v3
+    notes: 0003 drops records.note, irreversible
+    databases:
+      - service: db
+        engine: postgres
+        database: shop
 
 - name: Put back the files of the previous release, images pinned by digest
   stackops.rollback.compose_release:
@@ -191,12 +239,29 @@ seconds:
   description: How long the swap took, from the create to the last start.
   returned: state=replaced
   type: float
+databases:
+  description:
+    - Per declared database (C(service/database)), the recorded schema's sha256, its table count
+      and migration state.
+  returned: state=present with databases
+  type: dict
+notes:
+  description: The deploy notes stored with the release.
+  returned: state=present with databases or notes
+  type: str
+restore_point:
+  description: The restore point taken - release, time, and per volume its archive and sha256.
+  returned: restore_point=true
+  type: dict
 """
 
+from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import compose_project_args
+from ansible_collections.stackops.rollback.plugins.module_utils._database import DATABASES_ARG, DatabaseError
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, LedgerError
 from ansible_collections.stackops.rollback.plugins.module_utils._release import ReleaseError, Releases
+from ansible_collections.stackops.rollback.plugins.module_utils._volumes import VolumeError
 
 
 def main():
@@ -209,12 +274,16 @@ def main():
         details=dict(type="dict"),
         git_commit=dict(type="str"),
         release=dict(type="str"),
+        databases=DATABASES_ARG,
+        notes=dict(type="str"),
+        restore_point=dict(type="bool", default=False),
+        restore_point_dir=dict(type="path", default="/var/backups/stackops-rollback/restore-points"),
     )
     argument_spec.update(compose_project_args(project_src=dict(required=True)))
     module, engine = docker_module(argument_spec)
     try:
         results = Releases(module, engine).run()
-    except (LedgerError, ReleaseError, EngineError) as exc:
+    except (LedgerError, ReleaseError, EngineError, DatabaseError, ArchiveError, VolumeError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg="ledger or project file error: %s (%s)" % (exc.strerror, exc.filename))

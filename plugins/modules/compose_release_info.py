@@ -75,6 +75,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+crossed:
+  description:
+    - With O(target), the releases a rollback to it crosses (deployed after it), newest first, each
+      with the deploy notes M(stackops.rollback.compose_release) stored
+      (its O(stackops.rollback.compose_release#module:notes)).
+  returned: when target is set
+  type: list
+  elements: dict
+  sample: [{"id": "3f9c2a7d10be", "version": "v3", "notes": "0003 drops records.note, irreversible"}]
 project:
   description: The compose project name.
   returned: success
@@ -154,6 +163,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import D
 from ansible_collections.stackops.rollback.plugins.module_utils._release import (
     ReleaseError,
     capture,
+    crossed_releases,
     load_target,
     project_name,
     summary,
@@ -191,6 +201,7 @@ def releases_info(module, engine):
     if params.get("target"):
         release, _contents = load_target(engine, ledger, params["target"], params, deployed_id)
         result["target"] = summary(release)
+        result["crossed"] = crossed_releases(ledger, release.get("id"), deployed_id)
     return result
 
 

@@ -9,25 +9,10 @@ import sys
 
 import pytest
 import testbed
-from shop import LEDGER, Shop
+from shop import LEDGER, RecreateShop
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
-
-
-class RecreateShop(Shop):
-    """The shop, rolled back by playbooks/rollback_recreate.yml."""
-
-    def rollback(self, check=False, diff=False, **variables):
-        extra = {
-            "recreate_project_src": str(self.dir),
-            "recreate_backup_dir": str(self.backups),
-            "recreate_health_http": [{"url": self.url + "/health", "successes": 2}],
-            "recreate_health_timeout": 60,
-        }
-        extra.update(variables)
-        args = ["--diff"] if diff else []
-        return testbed.run_playbook(PLAYBOOK, extra, inventory=str(self.inventory), check=check, extra_args=args)
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@
 #
 # Images (all names are in images.env, which tests read too):
 #   $REGISTRY/stackops/app:v1, :v2, :v3, :broken (/health fails), :latest (= v2)
-#   $REGISTRY/stackops/postgres:15, $REGISTRY/stackops/caddy:2.6, $REGISTRY/stackops/busybox:1
+#   (each app version runs its own Alembic migrations at start: v1 0001, v2 0002, v3 0003; broken 0002)
+#   $REGISTRY/stackops/postgres:15, $REGISTRY/stackops/mariadb:10.11, $REGISTRY/stackops/caddy:2.6,
+#   $REGISTRY/stackops/busybox:1
 #   stackops-testbed/testhost:latest (Docker-in-Docker host for Molecule and fleets)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,8 +23,9 @@ export DOCKER_BUILDKIT=0  # the classic builder resolves FROM against local imag
 
 # Package lists of the root filesystems (Debian bookworm, minbase).
 declare -A ROOTFS_PACKAGES=(
-    [python]="python3 python3-psycopg2 ca-certificates"
+    [python]="python3 python3-psycopg2 python3-pymysql python3-sqlalchemy python3-alembic ca-certificates"
     [postgres]="postgresql-15 postgresql-client-15 ca-certificates"
+    [mariadb]="mariadb-server mariadb-client ca-certificates"
     [caddy]="caddy ca-certificates wget"
     [testhost]="docker.io python3 python3-docker python3-requests iptables ca-certificates procps kmod"
 )
@@ -70,11 +73,11 @@ push() {
 }
 
 build_all() {
-    local python postgres caddy testhost ctx
+    local python postgres mariadb caddy testhost ctx
     # The debootstraps are independent and mostly wait on downloads: run them side by side,
     # then ask again for the names (cached by then).
     local flavor pids=()
-    for flavor in python postgres caddy testhost; do
+    for flavor in python postgres mariadb caddy testhost; do
         rootfs_image "$flavor" >/dev/null &
         pids+=($!)
     done
@@ -83,16 +86,22 @@ build_all() {
     done
     python=$(rootfs_image python)
     postgres=$(rootfs_image postgres)
+    mariadb=$(rootfs_image mariadb)
     caddy=$(rootfs_image caddy)
     testhost=$(rootfs_image testhost)
 
-    build "$APP_IMAGE:v1" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v1
-    build "$APP_IMAGE:v2" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v2
-    build "$APP_IMAGE:v3" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=v3
+    local version head
+    for version in v1:0001 v2:0002 v3:0003; do
+        head=${version#*:}
+        version=${version%:*}
+        build "$APP_IMAGE:$version" "$here/images/app" --build-arg "BASE=$python" --build-arg "APP_VERSION=$version" \
+            --build-arg "APP_SCHEMA_HEAD=$head"
+    done
     build "$APP_IMAGE:broken" "$here/images/app" --build-arg "BASE=$python" --build-arg APP_VERSION=broken \
-        --build-arg APP_FAIL_HEALTH=1
+        --build-arg APP_SCHEMA_HEAD=0002 --build-arg APP_FAIL_HEALTH=1
     docker tag "$APP_IMAGE:v2" "$APP_IMAGE:latest"
     build "$POSTGRES_IMAGE" "$here/images/postgres" --build-arg "BASE=$postgres"
+    build "$MARIADB_IMAGE" "$here/images/mariadb" --build-arg "BASE=$mariadb"
     build "$CADDY_IMAGE" "$here/images/caddy" --build-arg "BASE=$caddy"
 
     ctx=$(mktemp -d)
@@ -109,10 +118,10 @@ build_all() {
 
     local image
     for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$APP_IMAGE:broken" "$APP_IMAGE:latest" \
-        "$POSTGRES_IMAGE" "$CADDY_IMAGE" "$BUSYBOX_IMAGE"; do
+        "$POSTGRES_IMAGE" "$MARIADB_IMAGE" "$CADDY_IMAGE" "$BUSYBOX_IMAGE"; do
         push "$image"
     done
-    log "images ready: app v1/v2/v3/broken, postgres, caddy, busybox pushed to $REGISTRY; $TESTHOST_IMAGE local"
+    log "images ready: app v1/v2/v3/broken, postgres, mariadb, caddy, busybox pushed to $REGISTRY; $TESTHOST_IMAGE local"
 }
 
 build_all

@@ -10,13 +10,16 @@ import testbed
 
 LEDGER = Path("/var/lib/stackops-rollback")
 BLUE_GREEN_PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_blue_green.yml"
+RECREATE_PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 
 
 class Shop:
     """The test shop (app + PostgreSQL) on the local engine: deploy, record, write and read rows."""
 
-    def __init__(self, stack, port, tmp_path):
+    def __init__(self, stack, port, tmp_path, databases=None):
         self.stack = stack
+        # Declared, every record() stores the database's schema with the release.
+        self.databases = databases or []
         self.port = port
         self.url = "http://127.0.0.1:%d" % port
         self.backups = tmp_path / "backups"
@@ -29,18 +32,19 @@ class Shop:
     def dir(self):
         return self.stack.dir
 
-    def deploy(self, tag, record=True, secret=None, expect=None):
+    def deploy(self, tag, record=True, secret=None, expect=None, **record_options):
         env = self.dir / ".env"
         env.write_text("APP_TAG=%s\nDB_PASSWORD=pw-shop\nAPP_SECRET=%s\n" % (tag, secret or "secret-" + tag))
         env.chmod(0o600)
         self.stack.up()
         testbed.wait_http(self.url + "/version", body_contains=expect or tag)
-        return self.record(tag) if record else None
+        return self.record(tag, **record_options) if record else None
 
-    def record(self, version):
-        result = testbed.run_module(
-            "compose_release", dict(project_src=str(self.dir), project_name=self.stack.name, version=version)
-        )
+    def record(self, version, **options):
+        args = dict(project_src=str(self.dir), project_name=self.stack.name, version=version, **options)
+        if self.databases:
+            args["databases"] = self.databases
+        result = testbed.run_module("compose_release", args)
         assert not result.get("failed"), result
         return result["release_id"]
 
@@ -67,11 +71,28 @@ class Shop:
         return [json.loads(x) for x in lines if json.loads(x).get("project") == self.stack.name]
 
 
+class RecreateShop(Shop):
+    """The shop, rolled back by playbooks/rollback_recreate.yml."""
+
+    def rollback(self, check=False, diff=False, **variables):
+        extra = {
+            "recreate_project_src": str(self.dir),
+            "recreate_backup_dir": str(self.backups),
+            "recreate_health_http": [{"url": self.url + "/health", "successes": 2}],
+            "recreate_health_timeout": 60,
+        }
+        extra.update(variables)
+        args = ["--diff"] if diff else []
+        return testbed.run_playbook(
+            RECREATE_PLAYBOOK, extra, inventory=str(self.inventory), check=check, extra_args=args
+        )
+
+
 class BlueGreenShop(Shop):
     """The shop behind Caddy, rolled back by playbooks/rollback_blue_green.yml."""
 
-    def __init__(self, stack, port, tmp_path, caddy):
-        super().__init__(stack, port, tmp_path)
+    def __init__(self, stack, port, tmp_path, caddy, databases=None):
+        super().__init__(stack, port, tmp_path, databases)
         self.caddy = caddy
         self.green_port = testbed.free_port()
 

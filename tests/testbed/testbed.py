@@ -55,6 +55,46 @@ volumes:
 """
 
 
+# The same shop on MariaDB (the `mariadb` engine of the databases declaration).
+SHOP_MARIADB_COMPOSE = """\
+services:
+  db:
+    image: {mariadb}
+    environment:
+      MARIADB_DATABASE: shop
+      MARIADB_USER: shop
+      MARIADB_PASSWORD: ${{DB_PASSWORD}}
+    volumes:
+      - dbdata:/var/lib/mysql
+  app:
+    image: {app}:${{APP_TAG}}
+    environment:
+      DATABASE_URL: mysql+pymysql://shop:${{DB_PASSWORD}}@db/shop
+      APP_SECRET: ${{APP_SECRET}}
+    ports:
+      - "127.0.0.1:{port}:8080"
+    depends_on:
+      db:
+        condition: service_healthy
+volumes:
+  dbdata:
+"""
+# How the tests declare the shop's database (see stackops.rollback.compose_schema).
+SHOP_DATABASES = {
+    "postgres": [
+        {"service": "db", "engine": "postgres", "database": "shop", "user": "postgres", "password": "pw-shop"}
+    ],
+    "mariadb": [{"service": "db", "engine": "mariadb", "database": "shop", "user": "shop", "password": "pw-shop"}],
+}
+
+
+def shop_compose(engine, images, port):
+    """The shop's compose file on PostgreSQL or MariaDB."""
+    if engine == "mariadb":
+        return SHOP_MARIADB_COMPOSE.format(mariadb=images["MARIADB_IMAGE"], app=images["APP_IMAGE"], port=port)
+    return SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
+
+
 def load_images():
     """Image names from images.env (the same file the shell scripts source)."""
     env = {"STACKOPS_REGISTRY": os.environ.get("STACKOPS_REGISTRY", "127.0.0.1:5000")}

@@ -1,8 +1,10 @@
 """Test web app of the stackops.rollback test bed.
 
-Serves /health, /version (baked in at build time) and /records (rows in PostgreSQL), so tests
-can tell versions apart and check that data survives a rollback. Standard library plus
-psycopg2 from Debian only.
+Serves /health, /version (baked in at build time) and /records (rows in PostgreSQL or MariaDB), so
+tests can tell versions apart and check that data survives a rollback. At start it runs its
+migrations (Alembic, migrate.py) like many compose apps do. Each version reads the columns its
+schema has: v2 reads records.note, which v2 adds and v3 drops, so v2's code over v3's schema fails
+its health check as real code would. Debian packages only (SQLAlchemy, psycopg2, PyMySQL).
 """
 
 import json
@@ -15,25 +17,61 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 VERSION = os.environ.get("APP_VERSION", "unknown")
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 PORT = int(os.environ.get("APP_PORT", "8080"))
+# The newest migration this version's code is written for (0001 v1, 0002 v2, 0003 v3).
+SCHEMA_HEAD = os.environ.get("APP_SCHEMA_HEAD", "0001")
+READS_NOTE = SCHEMA_HEAD == "0002"
 # Test knobs: make a version that is broken in a chosen way.
 FAIL_HEALTH = os.environ.get("APP_FAIL_HEALTH", "") == "1"
 CRASH_ON_START = os.environ.get("APP_CRASH_ON_START", "") == "1"
 START_DELAY = float(os.environ.get("APP_START_DELAY", "0"))
+_ENGINE = []
 
 
-def connect():
-    import psycopg2
+def engine():
+    if not _ENGINE:
+        import sqlalchemy
 
-    return psycopg2.connect(DATABASE_URL, connect_timeout=3)
+        _ENGINE.append(sqlalchemy.create_engine(DATABASE_URL, pool_pre_ping=True, connect_args={"connect_timeout": 3}))
+    return _ENGINE[0]
 
 
-def ensure_schema():
-    with connect() as conn, conn.cursor() as cur:
-        cur.execute(
-            "CREATE TABLE IF NOT EXISTS records ("
-            " id serial PRIMARY KEY, body text NOT NULL,"
-            " version text NOT NULL, created timestamptz NOT NULL DEFAULT now())"
-        )
+def records_table():
+    import sqlalchemy as sa
+
+    columns = [
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("body", sa.Text),
+        sa.Column("version", sa.String(32)),
+    ]
+    if READS_NOTE:
+        columns.append(sa.Column("note", sa.Text))
+    return sa.Table("records", sa.MetaData(), *columns)
+
+
+def read_records(limit=None):
+    import sqlalchemy as sa
+
+    table = records_table()
+    query = sa.select(table).order_by(table.c.id)
+    if limit:
+        query = query.limit(limit)
+    with engine().connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def insert_record(body):
+    values = {"body": body, "version": VERSION}
+    if READS_NOTE:
+        values["note"] = "written by %s" % VERSION
+    with engine().begin() as conn:
+        return conn.execute(records_table().insert().values(**values)).inserted_primary_key[0]
+
+
+def migrate():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import migrate as migrations
+
+    migrations.upgrade(DATABASE_URL)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -58,17 +96,13 @@ class Handler(BaseHTTPRequestHandler):
             if FAIL_HEALTH:
                 return self.reply(500, "failing on purpose\n")
             if DATABASE_URL:
-                try:
-                    with connect() as conn, conn.cursor() as cur:
-                        cur.execute("SELECT 1")
+                try:  # the columns this version's code reads must be there
+                    read_records(limit=1)
                 except Exception as exc:
-                    return self.reply(503, "database: %s\n" % exc)
+                    return self.reply(503, "database: %s\n" % str(exc).splitlines()[0])
             return self.reply(200, "ok %s\n" % VERSION)
         if self.path == "/records":
-            with connect() as conn, conn.cursor() as cur:
-                cur.execute("SELECT id, body, version FROM records ORDER BY id")
-                rows = [{"id": r[0], "body": r[1], "version": r[2]} for r in cur.fetchall()]
-            return self.reply(200, json.dumps(rows), "application/json")
+            return self.reply(200, json.dumps(read_records()), "application/json")
         return self.reply(404, "not found\n")
 
     def do_POST(self):
@@ -76,9 +110,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, "not found\n")
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() or "record"
-        with connect() as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO records (body, version) VALUES (%s, %s) RETURNING id", (body, VERSION))
-            new_id = cur.fetchone()[0]
+        new_id = insert_record(body)
         return self.reply(201, json.dumps({"id": new_id}), "application/json")
 
 
@@ -98,7 +130,7 @@ def main():
     if DATABASE_URL:
         for attempt in range(60):
             try:
-                ensure_schema()
+                migrate()
                 break
             except Exception as exc:
                 print("waiting for database (attempt %d): %s" % (attempt + 1, exc), flush=True)
