@@ -118,14 +118,14 @@ def main():
     deploy = ROOT / "docs" / "examples" / "deploy.yml"
     common = {"shop_dir": str(DEMO_DIR), "shop_health_url": URL + "/health"}
 
-    say("Deploy v1 with docs/examples/deploy.yml (deploy, verify, record the release)")
+    say("Deploy v1 with docs/examples/deploy.yml (deploy, verify, record the release and its schema)")
     playbook(deploy, dict(common, shop_version="v1"), inventory)
     for n in range(3):
         assert testbed.http_post(URL + "/records", "order %d (written by v1)" % (n + 1))[0] == 201
     print("    3 orders written through v1")
 
-    say("Deploy v2")
-    playbook(deploy, dict(common, shop_version="v2"), inventory)
+    say("Deploy v2 (a restore point of v1's data first; v2's migration adds a nullable column)")
+    playbook(deploy, dict(common, shop_version="v2", shop_deploy_notes="0002 adds records.note (nullable)"), inventory)
     for n in range(2):
         assert testbed.http_post(URL + "/records", "order %d (written by v2)" % (n + 4))[0] == 201
     print("    2 more orders written through v2; the app answers %s" % testbed.http_get(URL + "/version")[1].strip())
@@ -136,6 +136,8 @@ def main():
         ROOT / "playbooks" / "rollback_recreate.yml",
         {
             "recreate_project_src": str(DEMO_DIR),
+            # The schema verdict before anything stops: v2 added a nullable column v1 ignores.
+            "recreate_databases": [{"service": "db", "engine": "postgres", "database": "shop"}],
             "recreate_health_http": [{"url": URL + "/health", "successes": 2}],
             "recreate_health_exec": [
                 {

@@ -17,7 +17,8 @@ options:
       - V(postgres) dumps with C(pg_dump --schema-only --no-owner --no-privileges) (and a fixed
         C(--restrict-key) where the client has it); V(mariadb) and V(mysql) with C(mariadb-dump) or
         C(mysqldump) C(--no-data --skip-dump-date --skip-comments), AUTO_INCREMENT counters stripped;
-        V(command) runs O(databases[].command), whose output is the schema (compared as text only).
+        V(command) runs O(databases[].command), whose output is the schema (compared as text only, the
+        random C(restrict) lines of a plain C(pg_dump) aside).
       - Migration tables are found by name and columns and their rows recorded - Alembic, Django,
         Rails / dbmate / Ecto and golang-migrate C(schema_migrations), Flyway, Liquibase, Prisma, Knex, goose.
     type: list

@@ -72,8 +72,26 @@ def normalize(name):
     return posixpath.normpath(name[2:] if name.startswith("./") else name)
 
 
+def symlinked_parent(name, known):
+    """The first directory of a member's path that the archive made a symlink, or None."""
+    parts = name.split("/")
+    for end in range(1, len(parts)):
+        parent = "/".join(parts[:end])
+        entry = known.get(parent)
+        if (entry.get("type") if isinstance(entry, dict) else entry) == "symlink":
+            return parent
+    return None
+
+
 def hostile_reason(info, known):
-    """Why a member may not be restored, or None. `known` holds names seen before it."""
+    """Why a member may not be restored, or None. `known` maps the names seen before it to their
+    records (or types).
+
+    Links are data and come back exactly as they were, wherever they point (`current ->
+    /srv/releases/7`, a socket's path); what is refused is a member written *through* a link (a
+    parent directory that the archive made a symlink), a hard link to a member outside the
+    archive, '..', absolute names and device nodes.
+    """
     raw = info.name
     if raw.startswith("/") or (info.linkname.startswith("/") and info.islnk()):
         return "absolute path"
@@ -82,13 +100,9 @@ def hostile_reason(info, known):
         return "path leaves the volume ('..')"
     if info.ischr() or info.isblk() or info.isfifo() or info.isdev():
         return "device node or FIFO"
-    if info.issym():
-        target = info.linkname
-        if target.startswith("/"):
-            return "symlink to an absolute path (%s)" % target
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-        if resolved == ".." or resolved.startswith("../"):
-            return "symlink leaves the volume (%s)" % target
+    through = symlinked_parent(name, known)
+    if through:
+        return "written through a symlink (%s is a symlink in the archive)" % through
     if info.islnk():
         target = normalize(info.linkname)
         if target == ".." or target.startswith("../"):
@@ -469,7 +483,7 @@ def rewrite_for_root(chunks, prefix, digests=None):
         if reason:
             raise ArchiveError("refusing member %r: %s" % (info.name, reason))
         name = normalize(info.name)
-        known[name] = True
+        known[name] = "symlink" if info.issym() else "other"
         info.name = prefix if name == ROOT else "%s/%s" % (prefix, name)
         if info.islnk():
             info.linkname = "%s/%s" % (prefix, normalize(info.linkname))

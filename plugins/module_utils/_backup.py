@@ -151,20 +151,6 @@ class VolumeBackups:
                 os.unlink(tmp)
             raise
         fsync_dir(dest)
-        unsafe = sorted(
-            n
-            for n, m in members.items()
-            if m["type"] == "symlink"
-            and (
-                m["link"].startswith("/")
-                or os.path.normpath(os.path.join(os.path.dirname(n), m["link"])).startswith("..")
-            )
-        )
-        if unsafe:
-            self.module.warn(
-                "volume %s has symlinks that point outside it (%s); a restore will refuse them"
-                % (name, ", ".join(unsafe[:5]))
-            )
         return {
             "archive": final,
             "manifest": manifest_path(final),

@@ -266,6 +266,25 @@ class Engine:
             states.append((c.get("Id"), c.get("State"), status[status.find("(") :] if "(" in status else ""))
         return sorted(states)
 
+    def project_events(self, project, since, until):
+        """The engine's container events of a compose project between two epoch times, oldest first.
+
+        Each is (time in epoch seconds, container id, service, action): `start`, `kill`, `die`,
+        `health_status: healthy`, ... Also returns the time of the oldest event the engine still
+        holds (of any kind): the engine keeps only its last 256 events (a health check adds three),
+        so a window that began before that time may have lost some.
+        """
+        with self._errors("reading the engine's events of compose project %s" % project):
+            held = self.client.events(since=int(since) - 3600, until=int(until) + 1, decode=True)
+            oldest, events = None, []
+            for event in held:
+                when = event.get("timeNano", 0) / 1e9 or float(event.get("time", 0))
+                oldest = when if oldest is None else min(oldest, when)
+                labels = (event.get("Actor") or {}).get("Attributes") or {}
+                if event.get("Type") == "container" and labels.get(PROJECT_LABEL) == project and since <= when:
+                    events.append((when, event.get("id"), labels.get(SERVICE_LABEL), event.get("Action") or ""))
+        return sorted(events), oldest
+
     def project_volumes(self, project):
         """Names of a compose project's volumes, sorted."""
         with self._errors("listing the volumes of compose project %s" % project):

@@ -19,6 +19,7 @@ import time
 from ansible.module_utils.urls import open_url
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL
+from ansible_collections.stackops.rollback.plugins.module_utils._downtime import measure
 
 PASSED, FAILED, PENDING, INCONCLUSIVE = "passed", "failed", "pending", "inconclusive"
 
@@ -467,7 +468,7 @@ class ProjectHealth:
                 elapsed,
                 "; ".join("%s: %s" % (r.name, r.reason) for r in failing),
             )
-        return dict(
+        result = dict(
             changed=False,
             healthy=healthy,
             services=summarize_services(states),
@@ -476,3 +477,6 @@ class ProjectHealth:
             msg=msg,
             project=project,
         )
+        if self.params.get("downtime_since") is not None:
+            result["downtime"] = measure(self.engine, project, self.params["downtime_since"], time.time())
+        return result

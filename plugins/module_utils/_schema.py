@@ -66,7 +66,11 @@ def normalize(engine, text):
     AUTO_INCREMENT counters (they count rows, they are not schema). Blank lines are dropped.
     """
     if engine == "command":
-        return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"
+        # Only what no schema holds: trailing blanks, and the random \restrict lines of a plain pg_dump.
+        kept = [
+            line.rstrip() for line in text.strip().splitlines() if not line.startswith(("\\restrict ", "\\unrestrict "))
+        ]
+        return "\n".join(kept) + "\n"
     lines = []
     if engine == "postgres":
         for line in text.splitlines():

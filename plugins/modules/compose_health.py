@@ -155,6 +155,12 @@ options:
       user:
         description: User to run the command as.
         type: str
+  downtime_since:
+    description:
+      - An epoch time (seconds, as C(now().timestamp()) gives it) from which to measure each service's
+        downtime from the engine's events, returned as RV(downtime). Set it just before the first step
+        that stops anything (a backup's stop, a swap).
+    type: float
   fail_on_unhealthy:
     description:
       - Fail when the stack is not healthy at the deadline. With V(false), return the verdict in RV(healthy).
@@ -241,6 +247,26 @@ msg:
   description: The verdict, listing every failing check.
   returned: always
   type: str
+downtime:
+  description:
+    - With O(downtime_since), the downtime measured from the engine's own records (container events)
+      between that time and the verdict - C(seconds), the longest time any service had no container
+      serving, and per service under C(services) its C(seconds), C(total_seconds) and C(windows)
+      (C(down), C(up), C(seconds)).
+    - C(complete) is false when the window began before the oldest event the engine still holds (it
+      keeps its last 256, and health checks add three each) - a stop may then be missing from the figure.
+    - A container stops serving at its C(kill) or C(die) event (or an C(unhealthy) health status) and
+      serves again at its first passing health check, or at its C(start) when it has no health check.
+  returned: when downtime_since is set
+  type: dict
+  sample:
+    seconds: 1.21
+    complete: true
+    services:
+      app:
+        seconds: 1.21
+        total_seconds: 1.21
+        windows: [{"down": 1764633600.1, "up": 1764633601.31, "seconds": 1.21}]
 """
 
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import COMPOSE_PROJECT_ARGS
@@ -294,6 +320,7 @@ def main():
             ),
         ),
         fail_on_unhealthy=dict(type="bool", default=True),
+        downtime_since=dict(type="float"),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGS)
     argument_spec.update(profiles=dict(type="list", elements="str"))

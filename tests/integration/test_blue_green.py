@@ -40,7 +40,7 @@ def under_load(shop, action, min_requests=1500, within=30, margin=1.0):
     """Run action() with 120 requests/s going through Caddy, from `margin` s before it to at least
     `margin` s after it and until min_requests answers (at most `within` s more); return
     (its result, samples)."""
-    load = LoadGenerator(shop.caddy.url + "/version", rate=120, max_requests=9000, max_seconds=150).start()
+    load = LoadGenerator(shop.caddy.url + "/version", rate=120, max_requests=18000, max_seconds=150).start()
     try:
         time.sleep(margin)
         result = action()

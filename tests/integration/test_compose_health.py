@@ -150,7 +150,8 @@ def test_health_still_starting_at_the_deadline_fails(compose_stack, images, free
 
 def test_slow_start_within_the_timeout_passes(compose_stack, images, free_port):
     port = free_port()
-    stack = app_stack(compose_stack, images, port, {"APP_START_DELAY": "4"})
+    # Long enough that the module (started a second or two after `up` under load) still waits.
+    stack = app_stack(compose_stack, images, port, {"APP_START_DELAY": "8"})
     stack.up(wait=False)
     result = health(stack, timeout=40, http=[{"url": "http://127.0.0.1:%d/health" % port}])
     assert result["healthy"], result

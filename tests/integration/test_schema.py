@@ -53,10 +53,29 @@ def schema(shop, **extra):
     )
 
 
+def restore_point(shop, tmp_path):
+    """What the deploy playbook does before a deploy: a restore point of the running release's data."""
+    return testbed.run_module(
+        "compose_release",
+        dict(
+            project_src=str(shop.dir),
+            project_name=shop.stack.name,
+            databases=shop.databases,
+            restore_point=True,
+            restore_point_dir=str(tmp_path / "points"),
+        ),
+    )
+
+
 def host_state(shop):
-    """What must not change when a rollback is refused: containers, the ledger's release, data, version."""
+    """What must not change when a rollback is refused: containers (and when they started), the
+    ledger's current release, the data and the version served."""
     ids = {svc: shop.stack.container_id(svc) for svc in ("app", "db")}
-    return ids, shop.info()["current"]["id"], rows(shop), shop.version()
+    started = {
+        svc: testbed.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", cid]).stdout.strip()
+        for svc, cid in ids.items()
+    }
+    return ids, started, shop.info()["current"]["id"], rows(shop), shop.version()
 
 
 def test_compatible_rollback_proceeds_and_keeps_every_row(db_shop):
@@ -66,6 +85,11 @@ def test_compatible_rollback_proceeds_and_keeps_every_row(db_shop):
     shop.deploy("v2", notes="0002 adds records.note (nullable)")
     shop.write("written by v2")
     before = rows(shop)
+
+    plan = shop.rollback(check=True, recreate_databases=shop.databases)
+    assert_ok(plan)
+    assert "schema: compatible, policy refuse: proceed" in plan.stdout  # check mode shows the verdict and plan
+    assert shop.version() == "v2"
 
     result = shop.rollback(recreate_databases=shop.databases)
     assert_ok(result)
@@ -144,16 +168,7 @@ def test_restore_brings_back_the_restore_point_and_counts_what_it_takes_away(pg_
     shop.write("kept 1")
     shop.write("kept 2")
     # The deploy playbook's first step: a restore point of v2's data, before v3 migrates it.
-    point = testbed.run_module(
-        "compose_release",
-        dict(
-            project_src=str(shop.dir),
-            project_name=shop.stack.name,
-            databases=shop.databases,
-            restore_point=True,
-            restore_point_dir=str(tmp_path / "points"),
-        ),
-    )
+    point = restore_point(shop, tmp_path)
     assert not point.get("failed"), point
     shop.deploy("v3")
     for n in range(3):
@@ -175,46 +190,7 @@ def test_restore_brings_back_the_restore_point_and_counts_what_it_takes_away(pg_
             "volume_backup", dict(name=scratch, state="restore", archive=safety, create_volume=True)
         )
         assert not restored.get("failed"), restored
-        name = testbed.unique_name("scratch-db")
-        testbed.run(
-            [
-                "docker",
-                "run",
-                "-d",
-                "--name",
-                name,
-                "-v",
-                scratch + ":/var/lib/postgresql/data",
-                "-e",
-                "POSTGRES_PASSWORD=x",
-                testbed.IMAGES["POSTGRES_IMAGE"],
-            ]
-        )
-        try:
-            count = None
-            for _attempt in range(60):
-                out = testbed.run(
-                    [
-                        "docker",
-                        "exec",
-                        name,
-                        "psql",
-                        "-U",
-                        "postgres",
-                        "-d",
-                        "shop",
-                        "-tAc",
-                        "select count(*) from records",
-                    ],
-                    check=False,
-                )
-                if out.returncode == 0:
-                    count = int(out.stdout.strip())
-                    break
-                testbed.time.sleep(0.5)
-            assert count == 5
-        finally:
-            testbed.run(["docker", "rm", "-f", name], check=False)
+        assert testbed.postgres_rows_in_volume(scratch) == "5"
     finally:
         testbed.remove_volume(scratch)
 
@@ -245,12 +221,40 @@ def test_bad_declarations_fail_clearly_and_change_nothing(pg_shop):
         assert failed.get("failed") and expected in failed["msg"], (decl, failed)
         assert "not-the-password-42" not in json.dumps(failed)
 
+    # engine command: the schema is what the argv prints, compared as text.
+    command = [{"service": "db", "engine": "command", "command": ["pg_dump", "-s", "-U", "postgres", "shop"]}]
+    shop.record("v2", databases=command)
+    same = testbed.run_module(
+        "compose_schema",
+        dict(project_src=str(shop.dir), project_name=shop.stack.name, databases=command, target="current"),
+    )
+    assert same["verdict"] == "unchanged", same
+
     # v3 dropped a column v2 reads, and no restore point of v2 was taken: refused before anything stops.
     shop.deploy("v3")
     before = host_state(shop)
     result = shop.rollback(recreate_databases=declared, recreate_schema_policy="restore")
     assert result.returncode != 0
     assert "schema policy restore needs a restore point of release" in result.stdout
+    assert host_state(shop) == before
+
+
+def test_damaged_restore_point_is_refused_before_anything_stops(pg_shop, tmp_path):
+    shop = pg_shop
+    shop.deploy("v2")
+    shop.write("kept")
+    point = restore_point(shop, tmp_path)
+    archive = point["restore_point"]["archives"][0]["archive"]
+    shop.deploy("v3")
+    with open(archive, "r+b") as fh:  # one flipped byte in the middle of the archive
+        fh.seek(fh.seek(0, 2) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    before = host_state(shop)
+    result = shop.rollback(recreate_databases=shop.databases, recreate_schema_policy="restore")
+    assert result.returncode != 0
+    assert "Verify each archive of the restore point" in result.stdout and "sha256" in result.stdout
     assert host_state(shop) == before
 
 

@@ -43,7 +43,7 @@ class Shop:
     def record(self, version, **options):
         args = dict(project_src=str(self.dir), project_name=self.stack.name, version=version, **options)
         if self.databases:
-            args["databases"] = self.databases
+            args.setdefault("databases", self.databases)
         result = testbed.run_module("compose_release", args)
         assert not result.get("failed"), result
         return result["release_id"]

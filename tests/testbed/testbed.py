@@ -383,6 +383,34 @@ def healthy_since(container):
     return docker_time(passed[0]["End"])
 
 
+def postgres_rows_in_volume(volume, query="select count(*) from records", database="shop", attempts=60):
+    """Start the test bed's PostgreSQL on a data volume (restored from an archive) and run a query: its text."""
+    name = unique_name("st-pg-check")
+    run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-v",
+            "%s:/var/lib/postgresql/data" % volume,
+            "-e",
+            "POSTGRES_PASSWORD=unused",
+            IMAGES["POSTGRES_IMAGE"],
+        ]
+    )
+    try:
+        for _attempt in range(attempts):
+            out = run(["docker", "exec", name, "psql", "-U", "postgres", "-d", database, "-tAc", query], check=False)
+            if out.returncode == 0:
+                return out.stdout.strip()
+            time.sleep(0.5)
+        raise AssertionError("PostgreSQL on volume %s did not answer %r: %s" % (volume, query, out.stderr))
+    finally:
+        run(["docker", "rm", "-f", name], check=False)
+
+
 def remove_volume(name):
     run(["docker", "volume", "rm", "-f", name], check=False)
 
