@@ -21,7 +21,9 @@ description:
     reads it back and checks it against what was parsed, and only then renames it into place beside
     its manifest. Archives and manifests are 0600."
   - "Restore: verifies the archive against its manifest before touching the volume, refuses hostile
-    members (absolute paths, C(..), links that leave the volume, device nodes), takes a safety backup
+    members (absolute names, C(..), a member written through a symlink, a hard link to a member
+    outside the archive, device nodes) - symlinks themselves come back exactly as they were, wherever
+    they point -, takes a safety backup
     of the current contents, replaces the contents completely (dotfiles too) keeping owners, modes,
     symlinks, hard links and times - the volume root's owner and mode included - hashing every file
     on its way to the engine, then reads the volume back to check every member's type, size, mode,
