@@ -26,11 +26,13 @@ import tarfile
 import threading
 import zlib
 
-from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write
+from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, fsync_dir
 
 TOOL = "stackops.rollback.volume_backup"
 MANIFEST_SUFFIX = ".manifest.json"
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
+# A database's online dump (kind "dump"): the engine's own SQL, compressed the same ways.
+DUMP_EXTENSIONS = {"zstd": ".sql.zst", "gzip": ".sql.gz", "none": ".sql"}
 CHUNK = 1024 * 1024
 ROOT = "."
 BLOCK = tarfile.BLOCKSIZE
@@ -44,22 +46,22 @@ def utc_stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def archive_name(volume, compression, stamp=None):
-    return "%s-%s%s" % (volume, stamp or utc_stamp(), EXTENSIONS[compression])
+def archive_name(volume, compression, stamp=None, kind="volume"):
+    extensions = DUMP_EXTENSIONS if kind == "dump" else EXTENSIONS
+    return "%s-%s%s" % (volume, stamp or utc_stamp(), extensions[compression])
 
 
-def archive_pattern(volume):
-    return re.compile(r"^%s-\d{8}T\d{12}Z\.tar(\.zst|\.gz)?$" % re.escape(volume))
+def archive_pattern(volume, kind="volume"):
+    body = r"\.sql" if kind == "dump" else r"\.tar"
+    return re.compile(r"^%s-\d{8}T\d{12}Z%s(\.zst|\.gz)?$" % (re.escape(volume), body))
 
 
 def compression_of(path):
-    if path.endswith(".tar.zst"):
-        return "zstd"
-    if path.endswith(".tar.gz"):
-        return "gzip"
-    if path.endswith(".tar"):
-        return "none"
-    raise ArchiveError("%s is not a volume archive (.tar, .tar.gz or .tar.zst)" % path)
+    for extensions in (EXTENSIONS, DUMP_EXTENSIONS):
+        for compression, extension in sorted(extensions.items(), key=lambda e: -len(e[1])):
+            if path.endswith(extension):
+                return compression
+    raise ArchiveError("%s is not an archive of ours (.tar, .tar.gz, .tar.zst, .sql, .sql.gz or .sql.zst)" % path)
 
 
 # -- member checks ------------------------------------------------------------------------
@@ -382,6 +384,64 @@ class Compressor:
             self.proc.wait()
 
 
+class ArchiveWriter:
+    """A new archive, all or nothing: bytes go to a temporary file beside the final name through
+    a Compressor; commit() proves the file decodes to exactly what was written, writes the
+    manifest, renames the file into place and syncs the directory. Leaving the with-block on an
+    error removes the temporary file: no partial archive is ever left behind."""
+
+    def __init__(self, final, compression, zstd_bin=None):
+        self.final = final
+        self.dest = os.path.dirname(final)
+        self.tmp = os.path.join(self.dest, ".%s.partial" % os.path.basename(final))
+        self.compression = compression
+        self.zstd = zstd_bin
+        self.total = 0
+        self.crc = 0
+        self.compressor = None
+
+    def __enter__(self):
+        self.compressor = Compressor(self.tmp, self.compression, self.zstd)
+        return self
+
+    def write(self, chunk):
+        self.compressor.write(chunk)
+        self.total += len(chunk)
+        if self.compression != "zstd":  # zstd carries its own content checksum
+            self.crc = zlib.crc32(chunk, self.crc)
+
+    def commit(self, manifest):
+        """Check what was written, then put it in place with its manifest (completed and returned)."""
+        self.compressor.close()
+        # Read the file back while hashing it (two cores): what is on disk must decode to
+        # exactly what was written into it.
+        digest, _checked, failure = file_sha256_beside(
+            self.tmp, lambda: check_written(self.tmp, self.compression, self.total, self.crc, self.zstd)
+        )
+        if failure:
+            raise failure
+        manifest = dict(
+            manifest,
+            tool=TOOL,
+            archive=os.path.basename(self.final),
+            compression=self.compression,
+            sha256=digest,
+            size=os.path.getsize(self.tmp),
+        )
+        write_manifest(manifest_path(self.final), manifest)
+        os.rename(self.tmp, self.final)
+        fsync_dir(self.dest)
+        return manifest
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            if self.compressor:
+                self.compressor.abort()
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
+
+
 def decompressed_chunks(path, compression, zstd_bin=None):
     """Yield the raw tar bytes of an archive, chunk by chunk."""
     if compression == "zstd":
@@ -525,7 +585,7 @@ def read_manifest(archive):
         ) from exc
     except ValueError as exc:
         raise ArchiveError("manifest %s is damaged: %s; nothing was changed" % (path, exc)) from exc
-    if manifest.get("tool") != TOOL or "members" not in manifest:
+    if manifest.get("tool") != TOOL or ("members" not in manifest and manifest.get("kind") != "dump"):
         raise ArchiveError("%s is not a manifest written by %s; nothing was changed" % (path, TOOL))
     return manifest
 
@@ -561,9 +621,14 @@ def verify_archive(archive, zstd_bin=None, digests=True):
     return manifest
 
 
-def prune(dest, volume, keep):
-    """Delete this volume's oldest archives in dest beyond `keep` (only ones with our manifest)."""
-    pattern = archive_pattern(volume)
+def prune(dest, volume, keep, kind="volume", owner=None):
+    """Delete the oldest archives of a volume (or of a database's dumps) in dest beyond `keep`.
+
+    Only archives whose manifest says they are ours and of that owner are counted or deleted;
+    `owner(manifest)` names a manifest's owner (by default the volume it holds).
+    """
+    pattern = archive_pattern(volume, kind)
+    owner = owner or (lambda manifest: manifest.get("volume", {}).get("name"))
     ours = []
     for name in os.listdir(dest):
         path = os.path.join(dest, name)
@@ -573,7 +638,7 @@ def prune(dest, volume, keep):
             manifest = read_manifest(path)
         except ArchiveError:
             continue
-        if manifest.get("volume", {}).get("name") == volume:
+        if owner(manifest) == volume:
             ours.append((manifest.get("created", ""), path))
     ours.sort()
     removed = []

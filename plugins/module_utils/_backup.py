@@ -13,19 +13,15 @@ from __future__ import annotations
 import os
 import platform
 import time
-import zlib
 
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import (
-    TOOL,
     ArchiveError,
+    ArchiveWriter,
     ChunkReader,
-    Compressor,
     archive_name,
-    check_written,
     compare_members,
     compression_of,
     decompressed_chunks,
-    file_sha256_beside,
     manifest_path,
     prune,
     read_members,
@@ -33,10 +29,8 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     tree_members,
     utc_stamp,
     verify_archive,
-    write_manifest,
 )
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import describe
-from ansible_collections.stackops.rollback.plugins.module_utils._files import fsync_dir
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import (
     MOUNT,
     Helper,
@@ -100,60 +94,31 @@ class VolumeBackups:
     # -- backup ---------------------------------------------------------------------------
     def copy_volume(self, name, attrs, dest, compression, kind="backup"):
         """Write an archive of the volume into dest (its users must be stopped already)."""
-        final = os.path.join(dest, archive_name(name, compression))
-        tmp = os.path.join(dest, ".%s.partial" % os.path.basename(final))
         started = time.time()
-        compressor = Compressor(tmp, compression, self.zstd)
-        sent = {"crc": 0}
-
-        def write(chunk):
-            compressor.write(chunk)
-            if compression != "zstd":  # zstd carries its own content checksum
-                sent["crc"] = zlib.crc32(chunk, sent["crc"])
-
-        try:
+        with ArchiveWriter(os.path.join(dest, archive_name(name, compression)), compression, self.zstd) as writer:
             with Helper(self.engine, name) as helper:
-                reader = ChunkReader(helper.stream(), tee=write)
+                reader = ChunkReader(helper.stream(), tee=writer.write)
                 members = read_members(reader, strict=False)
                 reader.drain()
-            compressor.close()
-            # Read the file back while hashing it (two cores): what is on disk must decode to
-            # exactly what the engine sent.
-            digest, _checked, failure = file_sha256_beside(
-                tmp, lambda: check_written(tmp, compression, reader.total, sent["crc"], self.zstd)
+            manifest = writer.commit(
+                {
+                    "kind": kind,
+                    "created": utc_stamp(),
+                    "volume": {
+                        "name": name,
+                        "driver": attrs.get("Driver"),
+                        "options": attrs.get("Options") or {},
+                        "labels": attrs.get("Labels") or {},
+                    },
+                    "files": sum(1 for m in members.values() if m["type"] == "file"),
+                    "bytes": sum(m.get("size", 0) for m in members.values()),
+                    "members": members,
+                    "versions": {"python": platform.python_version(), "docker_engine": self.engine.version()},
+                }
             )
-            if failure:
-                raise failure
-            manifest = {
-                "tool": TOOL,
-                "kind": kind,
-                "archive": os.path.basename(final),
-                "compression": compression,
-                "sha256": digest,
-                "size": os.path.getsize(tmp),
-                "created": utc_stamp(),
-                "volume": {
-                    "name": name,
-                    "driver": attrs.get("Driver"),
-                    "options": attrs.get("Options") or {},
-                    "labels": attrs.get("Labels") or {},
-                },
-                "files": sum(1 for m in members.values() if m["type"] == "file"),
-                "bytes": sum(m.get("size", 0) for m in members.values()),
-                "members": members,
-                "versions": {"python": platform.python_version(), "docker_engine": self.engine.version()},
-            }
-            write_manifest(manifest_path(final), manifest)
-            os.rename(tmp, final)
-        except BaseException:
-            compressor.abort()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        fsync_dir(dest)
         return {
-            "archive": final,
-            "manifest": manifest_path(final),
+            "archive": writer.final,
+            "manifest": manifest_path(writer.final),
             "sha256": manifest["sha256"],
             "size": manifest["size"],
             "files": manifest["files"],

@@ -75,10 +75,9 @@ def check_declarations(declarations, services=None):
 
 
 def quote_ident(engine, name):
-    parts = name.split(".")
-    if engine == "postgres":
-        return ".".join('"%s"' % p.replace('"', '""') for p in parts)
-    return ".".join("`%s`" % p.replace("`", "``") for p in parts)
+    if engine == "postgres":  # schema.table: the schema's own tables are named without "public."
+        return ".".join('"%s"' % p.replace('"', '""') for p in name.split("."))
+    return "`%s`" % name.replace("`", "``")  # a MariaDB table of the declared database, dots and all
 
 
 def quote_literal(engine, text):
@@ -122,17 +121,32 @@ class Databases:
         """(argv, environment) of the engine's client `tool` (dump or sql) for a declaration."""
         env, engine, user = {}, decl["engine"], decl["user"]
         if engine == "postgres":
-            argv = (
-                ["pg_dump", "--schema-only", "--no-owner", "--no-privileges"]
-                if tool == "dump"
-                else ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
-            )
+            argv = {
+                "dump": ["pg_dump", "--schema-only", "--no-owner", "--no-privileges"],
+                # One repeatable-read snapshot: consistent while the database serves. Owners and
+                # grants are kept: an app logging in as its own user must find its tables its own.
+                "data": ["pg_dump", "--format=plain"],
+                "sql": ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"],
+            }[tool]
             argv += ["-w", "-U", user, "-d", decl["database"]]
             if decl.get("password"):
                 env["PGPASSWORD"] = decl["password"]
                 argv += ["-h", "127.0.0.1"]  # a password is for the network path; the socket may trust
         else:
-            if tool == "dump":
+            if tool == "data":
+                # --single-transaction: one consistent InnoDB snapshot, no table locked while it runs.
+                argv = [
+                    "mariadb-dump" if engine == "mariadb" else "mysqldump",
+                    "--single-transaction",
+                    "--quick",
+                    "--routines",
+                    "--triggers",
+                    "--hex-blob",
+                    "--add-locks",
+                    "--skip-dump-date",
+                    "--default-character-set=utf8mb4",
+                ]
+            elif tool == "dump":
                 argv = [
                     "mariadb-dump" if engine == "mariadb" else "mysqldump",
                     "--no-data",
@@ -159,6 +173,11 @@ class Databases:
             raise DatabaseError(
                 "%s of %s failed: %s. Nothing was changed" % (what, key_of(decl), self.mask(decl, exc))
             ) from exc
+        self.check_exit(decl, container, argv, rc, out, err, what)
+        return out
+
+    def check_exit(self, decl, container, argv, rc, out, err, what):
+        """A client's exit as a DatabaseError naming the cause (a missing client, a wrong field), or nothing."""
         if rc in (126, 127) or "executable file not found" in (out + err):
             raise DatabaseError(
                 "%s of %s: the container of service %s has no %s (image %s). The dump runs with the database's own "
@@ -170,7 +189,17 @@ class Databases:
             raise DatabaseError(
                 "%s of %s failed: %s. Nothing was changed" % (what, key_of(decl), self.explain(decl, err or out))
             )
-        return out
+
+    def stream(self, decl, tool, what, stdin=None):
+        """(the running client as an Engine ExecStream, its container, its argv): `data` dumps, `sql` loads stdin."""
+        container = self.container(decl["service"], what)
+        argv, env = self._client(decl, tool)
+        try:
+            return self.engine.exec_stream(container, argv, environment=env or None, stdin=stdin), container, argv
+        except EngineError as exc:
+            raise DatabaseError(
+                "%s of %s failed: %s. Nothing was changed" % (what, key_of(decl), self.mask(decl, exc))
+            ) from exc
 
     @staticmethod
     def mask(decl, text):

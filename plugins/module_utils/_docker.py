@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import threading
+import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
@@ -25,12 +27,14 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     import docker
     from docker import errors as docker_errors
+    from docker.utils import socket as docker_socket
 
     HAS_DOCKER_SDK = True
     DOCKER_SDK_IMPORT_ERROR = None
 except ImportError:  # pragma: no cover - exercised on hosts without the SDK
     docker = None
     docker_errors = None
+    docker_socket = None
     HAS_DOCKER_SDK = False
     DOCKER_SDK_IMPORT_ERROR = traceback.format_exc()
 
@@ -171,6 +175,79 @@ def coalesce(pieces, size=UPLOAD_CHUNK):
             batch, length = [], 0
     if batch:
         yield b"".join(batch)
+
+
+class ExecStream:
+    """A command running in a container (Engine.exec_stream): iterate for its stdout."""
+
+    STDERR_KEPT = 64 * 1024
+
+    def __init__(self, engine, api, exec_id, what, stdin):
+        self.engine, self.api, self.exec_id, self.what, self.stdin = engine, api, exec_id, what, stdin
+        self.rc = None
+        self.stderr = ""
+        self._err = b""
+
+    def _keep_err(self, data):
+        self._err = (self._err + data)[-self.STDERR_KEPT :]
+
+    def _feed(self, raw, failure):
+        """Send stdin in a thread of its own: a command that writes while it reads never blocks on us."""
+        try:
+            for chunk in self.stdin:
+                if chunk:
+                    raw.sendall(chunk)
+        except Exception as exc:  # noqa: BLE001 - handed back to the reading thread
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_WR)
+
+    def __iter__(self):
+        with self.engine._errors(self.what):
+            sock = self.api.exec_start(self.exec_id, socket=True)
+            raw = getattr(sock, "_sock", sock)
+            failure, feeder = [], None
+            if self.stdin is not None:
+                # The SDK's API timeout would end a send the server makes wait (an index being
+                # built): the command's own time limit is the caller's.
+                raw.settimeout(None)
+                feeder = threading.Thread(target=self._feed, args=(raw, failure), daemon=True)
+                feeder.start()
+            try:
+                try:
+                    for stream, data in docker_socket.frames_iter(sock, tty=False):
+                        if stream == docker_socket.STDERR:
+                            self._keep_err(data)
+                        elif data:
+                            yield data
+                except (ConnectionResetError, BrokenPipeError):
+                    # A command that ends with stdin unread resets the stream: its rc tells why.
+                    if self.stdin is None:
+                        raise
+            finally:
+                # Closed early (the caller stopped reading), the command's next write fails and
+                # it ends: nothing is left running in the container. Shut down first: that wakes
+                # a feeder blocked in a send.
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+                if feeder:
+                    feeder.join()
+                sock.close()
+                with contextlib.suppress(OSError):
+                    raw.close()
+            # The output ends a moment before the engine records the exit code.
+            for _attempt in range(100):
+                state = self.api.exec_inspect(self.exec_id)
+                if not state.get("Running"):
+                    break
+                time.sleep(0.05)
+            self.rc = state.get("ExitCode")
+        self.stderr = self._err.decode("utf-8", "replace")
+        # What fed stdin failed: that is the error, unless it is only the broken pipe of a
+        # command that had already stopped on its own (its rc and stderr tell why).
+        if failure and not (isinstance(failure[0], OSError) and self.rc):
+            raise failure[0]
 
 
 class Engine:
@@ -365,6 +442,26 @@ class Engine:
             raise result["error"]
         rc, (out, err) = result["value"]
         return rc, (out or b"").decode("utf-8", "replace"), (err or b"").decode("utf-8", "replace")
+
+    def exec_stream(self, container, command, environment=None, stdin=None):
+        """Run an argument list in a running container, streaming: an ExecStream.
+
+        Iterate it for the command's stdout, chunk by chunk, as bytes (nothing is held in
+        memory); `stdin`, an iterable of bytes, is sent to the command while it runs and closed
+        at its end. After the iteration, `rc` and `stderr` (the last 64 KiB, as text) are set.
+        """
+        api = self.client.api
+        what = "docker exec of %s in %s" % (command[0], container.name)
+        with self._errors(what):
+            exec_id = api.exec_create(
+                container.id,
+                list(command),
+                stdout=True,
+                stderr=True,
+                stdin=stdin is not None,
+                environment=dict(environment) if environment else None,
+            )["Id"]
+        return ExecStream(self, api, exec_id, what, stdin)
 
     def logs(self, container, since=None, tail=None):
         """A container's log (stdout and stderr) with the engine's timestamps, as text."""

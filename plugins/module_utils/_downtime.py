@@ -11,7 +11,8 @@ health check turns `unhealthy`. It serves again from its first passing health ch
 A service is down while none of its containers serves: the window from the last one going down
 to the first one serving again. That covers a service replaced by a rollback (the old
 container's stop to the replacement's first passing check) and a service stopped for a backup
-(its stop window) alike.
+(its stop window) alike. A service seen answering earlier than its next health check (the
+caller asked it) serves again from that moment.
 """
 
 from __future__ import annotations
@@ -63,6 +64,20 @@ def service_windows(events, running, has_healthcheck, until):
     return windows
 
 
+def apply_answers(windows, answered):
+    """Close each service's window at the moment it first answered, when that falls inside it.
+
+    A health check runs every few seconds; the caller that asked the service itself (compose_release
+    first_answer, every 20 ms) knows better when it served again.
+    """
+    closed = {}
+    for service, spans in windows.items():
+        at = answered.get(service)
+        inside = [at is not None and down <= at and (up is None or at < up) for down, up in spans]
+        closed[service] = [(down, at) if early else (down, up) for (down, up), early in zip(spans, inside)]
+    return closed
+
+
 def summarize(windows, until):
     """{seconds: the longest unavailability of any service, services: {service: {seconds, windows}}}."""
     services = {}
@@ -80,8 +95,9 @@ def summarize(windows, until):
     return {"seconds": longest, "services": services}
 
 
-def measure(engine, project, since, until):
-    """The downtime of a project's services between two epoch times, from the engine's records."""
+def measure(engine, project, since, until, answered=None):
+    """The downtime of a project's services between two epoch times, from the engine's records;
+    `answered` ({service: epoch}) closes a window where the service was seen answering first."""
     events, oldest = engine.project_events(project, since, until)
     with_events = {container for _w, container, _s, _a in events}
     running, has_healthcheck = {}, {}
@@ -91,7 +107,8 @@ def measure(engine, project, since, until):
         service = (container.labels or {}).get(SERVICE_LABEL)
         if container.status == "running" and container.id not in with_events:
             running[container.id] = service
-    result = summarize(service_windows(events, running, has_healthcheck, until), until)
+    windows = apply_answers(service_windows(events, running, has_healthcheck, until), answered or {})
+    result = summarize(windows, until)
     # The engine keeps its last 256 events only: a window older than them may have lost a stop.
     complete = oldest is not None and oldest <= since
     result.update(since=round(since, 3), until=round(until, 3), source="engine events", complete=complete)

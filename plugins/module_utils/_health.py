@@ -478,5 +478,6 @@ class ProjectHealth:
             project=project,
         )
         if self.params.get("downtime_since") is not None:
-            result["downtime"] = measure(self.engine, project, self.params["downtime_since"], time.time())
+            answered = {k: float(v) for k, v in (self.params.get("downtime_answered") or {}).items()}
+            result["downtime"] = measure(self.engine, project, self.params["downtime_since"], time.time(), answered)
         return result

@@ -15,11 +15,15 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 
+from ansible.module_utils.urls import open_url
 from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
 from ansible_collections.stackops.rollback.plugins.module_utils._database import Databases, key_of
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL, EngineError
+from ansible_collections.stackops.rollback.plugins.module_utils._dump import DUMP_ENGINES, DatabaseDumps
 from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, read_bytes
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     DEFAULT_COMPOSE_FILES,
@@ -538,22 +542,38 @@ class Releases:
         return changed, record
 
     def take_restore_point(self, ledger, release):
-        """Back up every volume of each declared database, consistently and verified, before a deploy."""
+        """Save each declared database, verified, before a deploy: an online dump where the engine
+        has one (the database keeps serving), else a consistent copy of its volumes."""
         databases = self.databases(release["project"])
         if not databases.declarations:
-            raise ReleaseError("restore_point needs databases: the databases whose volumes the restore point holds")
+            raise ReleaseError("restore_point needs databases: the databases the restore point holds")
+        dest = self.params.get("restore_point_dir")
+        options = BackupOptions(self.module, dest=dest)
+        dumped = [d for d in databases.declarations if d["engine"] in DUMP_ENGINES]
+        archives = []
+        if dumped:
+            dumps = DatabaseDumps(options, self.engine, databases=databases)
+            dumps.check_dest(dest)
+            for decl in dumped:
+                if self.module.check_mode:
+                    databases.container(decl["service"], "the online dump")
+                    continue
+                backup = dumps.dump(decl, dest, dumps.compression(), kind="restore-point")
+                archives.append(
+                    {"database": key_of(decl), "kind": "dump", "archive": backup["archive"], "sha256": backup["sha256"]}
+                )
         volumes = []
         for decl in databases.declarations:
+            if decl in dumped:
+                continue
             names = databases.volumes(decl)
             if not names:
                 raise ReleaseError(
-                    "service %s of database %s mounts no volume: a restore point backs up volumes; nothing was changed"
-                    % (decl["service"], key_of(decl))
+                    "service %s of database %s mounts no volume and its engine has no online dump: nothing to save; "
+                    "nothing was changed" % (decl["service"], key_of(decl))
                 )
             volumes.extend((key_of(decl), name) for name in names if name not in [v for _k, v in volumes])
-        dest = self.params.get("restore_point_dir")
-        backups = VolumeBackups(BackupOptions(self.module, dest=dest), self.engine)
-        archives = []
+        backups = VolumeBackups(options, self.engine)
         for key, volume in volumes:
             backup = backups.backup(volume)
             if not self.module.check_mode:
@@ -614,18 +634,70 @@ class Releases:
         )
 
     def replaced(self):
-        """Swap the named services to the project's current files at once (see Compose.replace)."""
+        """Swap the named services to the project's current files at once (see Compose.replace),
+        then ask first_answer's URLs until each answers: when each service served again."""
         services = self.params.get("services") or []
         started = time.monotonic()
+        answered = {}
         if services and not self.module.check_mode:
-            Compose.from_params(self.engine, self.params).replace(services)
-        return dict(changed=bool(services), replaced=services, seconds=round(time.monotonic() - started, 3))
+            ids = Compose.from_params(self.engine, self.params).replace(services)
+            if self.params.get("first_answer"):
+                publishers = published_ports(self.engine.container(i) for i in ids)
+                answered = first_answers(self.params["first_answer"], publishers, self.params["first_answer_timeout"])
+        return dict(
+            changed=bool(services), replaced=services, answered=answered, seconds=round(time.monotonic() - started, 3)
+        )
 
     def run(self):
         state = self.params["state"]
         if state in ("restored", "pulled") and not self.params.get("release"):
             raise ReleaseError("state=%s needs release: previous, current, a release id or a git ref" % state)
         return getattr(self, state)()
+
+
+def published_ports(containers):
+    """{host port: service} of the ports a project's running containers publish."""
+    ports = {}
+    for container in containers:
+        if container.status != "running":
+            continue
+        service = (container.labels or {}).get(SERVICE_LABEL)
+        for bindings in ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).values():
+            for binding in bindings or []:
+                if binding.get("HostPort"):
+                    ports[int(binding["HostPort"])] = service
+    return ports
+
+
+def first_answers(urls, publishers, timeout, interval=0.02, clock=time.time, ask=None):
+    """{service: epoch} when each URL first answered (status below 500), asked every `interval`
+    until `timeout`: bounded in time and in count. URLs on a port no service publishes are left out."""
+    ask = ask or _answers
+    answered = {}
+    for url in urls:
+        port = urllib.parse.urlsplit(url).port
+        service = publishers.get(port)
+        if service is None or service in answered:
+            continue
+        deadline = clock() + timeout
+        for _attempt in range(int(timeout / max(interval, 0.001)) + 1):
+            if ask(url):
+                answered[service] = round(clock(), 3)
+                break
+            if clock() >= deadline:
+                break
+            time.sleep(interval)
+    return answered
+
+
+def _answers(url):
+    try:
+        with open_url(url, timeout=1, follow_redirects="none") as response:
+            return response.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
 
 
 def crossed_releases(ledger, target_id, deployed_id=None):

@@ -157,13 +157,13 @@ def split_statements(text, engine="postgres"):
 def _unquote(name):
     name = name.strip()
     if len(name) >= 2 and name[0] == name[-1] and name[0] in '"`':
-        return name[1:-1]
+        return name[1:-1].replace(name[0] * 2, name[0])
     return name
 
 
-def _qualified(name, engine):
+def qualified(name, engine):
     """'public.t' -> 't' (the default schema is left out); other schemas are kept."""
-    parts = [_unquote(p) for p in re.findall(r'"[^"]*"|`[^`]*`|[^.]+', name.strip())]
+    parts = [_unquote(p) for p in re.findall(r'"(?:[^"]|"")*"|`(?:[^`]|``)*`|[^.]+', name.strip())]
     if engine == "postgres" and len(parts) == 2 and parts[0] == "public":
         return parts[1]
     return ".".join(parts)
@@ -283,10 +283,10 @@ def _parse_statement(schema, engine, statement):
         re.S | re.I,
     )
     if m:
-        return _parse_create_table(schema, engine, _qualified(m.group(1), engine), m.group(2))
+        return _parse_create_table(schema, engine, qualified(m.group(1), engine), m.group(2))
     m = re.match(r"ALTER\s+TABLE\s+(?:ONLY\s+)?(\S+)\s+(.*)$", _squash(statement), re.I)
     if m:
-        return _parse_alter_table(schema, engine, _qualified(m.group(1), engine), m.group(2))
+        return _parse_alter_table(schema, engine, qualified(m.group(1), engine), m.group(2))
     m = re.match(
         r"CREATE\s+(UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(\S+)\s+ON\s+(?:ONLY\s+)?(\S+)\s+(.*)$",
         _squash(statement),
@@ -294,7 +294,7 @@ def _parse_statement(schema, engine, statement):
     )
     if m:
         schema["indexes"][_unquote(m.group(2))] = {
-            "table": _qualified(m.group(3), engine),
+            "table": qualified(m.group(3), engine),
             "unique": bool(m.group(1)),
             "definition": m.group(4),
         }
@@ -311,7 +311,7 @@ def _parse_statement(schema, engine, statement):
     )
     if m:
         kind = m.group(1).lower()
-        schema["objects"]["%s %s" % (kind, _qualified(m.group(2), engine))] = squashed
+        schema["objects"]["%s %s" % (kind, qualified(m.group(2), engine))] = squashed
         return None
     schema["objects"]["statement %s" % sha256_text(squashed)[:12]] = squashed
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 from ansible_collections.stackops.rollback.plugins.module_utils._database import DatabaseError, Databases, key_of
+from ansible_collections.stackops.rollback.plugins.module_utils._dump import DatabaseDumps
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import Ledger
 from ansible_collections.stackops.rollback.plugins.module_utils._release import (
     BackupOptions,
@@ -191,20 +192,29 @@ class SchemaVerdicts:
                 "release %s has no restore point: take one before each deploy (compose_release restore_point=true); "
                 "nothing was changed" % (results["target"] or {}).get("id")
             )
-        backups = VolumeBackups(
-            BackupOptions(self.module, safety_dir=self.params.get("safety_dir"), create_volume=False), self.engine
-        )
+        options = BackupOptions(self.module, safety_dir=self.params.get("safety_dir"), create_volume=False)
+        backups = VolumeBackups(options, self.engine)
+        dumps = DatabaseDumps(options, self.engine, databases=databases)
+        # Volume archives carry the volume they hold; online dumps (kind dump) the database.
+        verified = {}
         for archive in point["archives"]:
-            backups.params["archive"] = archive["archive"]
-            backups.verify()
+            if archive.get("volume"):
+                backups.params["archive"] = archive["archive"]
+                backups.verify()
+            else:
+                verified[archive["archive"]] = dumps.verify_dump(archive["archive"])
         before = {key_of(d): databases.row_counts(d) for d in databases.declarations}
         restored = []
         for archive in point["archives"]:
-            backups.params["archive"] = archive["archive"]
-            outcome = backups.restore(archive["volume"])
+            if archive.get("volume"):
+                backups.params["archive"] = archive["archive"]
+                outcome = backups.restore(archive["volume"])
+            else:
+                outcome = dumps.restore(archive["archive"], verified[archive["archive"]])
             restored.append(
                 {
-                    "volume": archive["volume"],
+                    "volume": archive.get("volume"),
+                    "database": archive.get("database"),
                     "archive": archive["archive"],
                     "changed": outcome["changed"],
                     "safety_archive": outcome.get("safety_archive"),

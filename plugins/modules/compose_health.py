@@ -161,6 +161,16 @@ options:
         downtime from the engine's events, returned as RV(downtime). Set it just before the first step
         that stops anything (a backup's stop, a swap).
     type: float
+  downtime_answered:
+    description:
+      - With O(downtime_since), when services were seen answering again, as
+        M(stackops.rollback.compose_release) returns it with
+        O(stackops.rollback.compose_release#module:state=replaced), in
+        RV(stackops.rollback.compose_release#module:answered) - service name to epoch seconds.
+      - A service's window closes at that moment when it falls inside the window, rather than at its
+        next passing health check.
+    type: dict
+    default: {}
   fail_on_unhealthy:
     description:
       - Fail when the stack is not healthy at the deadline. With V(false), return the verdict in RV(healthy).
@@ -321,6 +331,7 @@ def main():
         ),
         fail_on_unhealthy=dict(type="bool", default=True),
         downtime_since=dict(type="float"),
+        downtime_answered=dict(type="dict", default={}),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGS)
     argument_spec.update(profiles=dict(type="list", elements="str"))

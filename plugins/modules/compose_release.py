@@ -79,6 +79,21 @@ options:
       - For O(state=replaced), the services to recreate and start.
     type: list
     elements: str
+  first_answer:
+    description:
+      - For O(state=replaced), URLs to ask every 20 ms, right after the swap, until each answers with a
+        status below 500; the moment each first answers is returned in RV(answered) under the service that
+        publishes the URL's port, for a downtime measured to the moment the service served again
+        (M(stackops.rollback.compose_health) with
+        O(stackops.rollback.compose_health#module:downtime_answered)) rather than to its next health check.
+    type: list
+    elements: str
+    default: []
+  first_answer_timeout:
+    description:
+      - Seconds to wait for each URL of O(first_answer); a URL still silent then is left out of RV(answered).
+    type: float
+    default: 60
   version:
     description:
       - A free-form version label stored with the release (for example the application version).
@@ -249,6 +264,12 @@ notes:
   description: The deploy notes stored with the release.
   returned: state=present with databases or notes
   type: str
+answered:
+  description:
+    - For O(state=replaced) with O(first_answer), per service publishing one of the URLs' ports, when
+      it first answered after the swap (epoch seconds).
+  returned: state=replaced
+  type: dict
 restore_point:
   description: The restore point taken - release, time, and per volume its archive and sha256.
   returned: restore_point=true
@@ -269,6 +290,8 @@ def main():
         ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
         state=dict(type="str", choices=["present", "restored", "pulled", "replaced"], default="present"),
         services=dict(type="list", elements="str"),
+        first_answer=dict(type="list", elements="str", default=[]),
+        first_answer_timeout=dict(type="float", default=60),
         version=dict(type="str"),
         event=dict(type="str", choices=["deploy", "rollback", "failed_rollback"], default="deploy"),
         details=dict(type="dict"),

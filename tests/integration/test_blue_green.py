@@ -19,6 +19,9 @@ from loadgen import LoadGenerator, summarize
 from proxy import HostCaddy, host_migrates_queued_connections
 from shop import LEDGER, BlueGreenShop, versions_in_order
 
+# Counts failed requests or times health and switches: run alone (make integration's serial part).
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def bg_shop(compose_stack, images, free_port, tmp_path):

@@ -15,6 +15,9 @@ import pytest
 import testbed
 from proxy import CADDYFILE, Proxy, admin_dials, container_proxy, running_dials_in, switch_under_load
 
+# Counts failed requests or times health and switches: run alone (make integration's serial part).
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def caddy_container(compose_stack, images, tmp_path):

@@ -7,6 +7,9 @@ import time
 import pytest
 import testbed
 
+# Counts failed requests or times health and switches: run alone (make integration's serial part).
+pytestmark = pytest.mark.serial
+
 APP = """\
 services:
   app:

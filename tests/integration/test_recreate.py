@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import testbed
@@ -149,6 +151,46 @@ def test_target_that_fails_verification_is_reverted(shop):
     assert shop.rows() == ["row 1"]
 
 
+def db_started_at(shop):
+    return testbed.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", shop.stack.container_id("db")]).stdout
+
+
+def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
+    """recreate_backup_method auto: the database is dumped while it serves, never stopped; the
+    revert of a target that fails verification loads the dump back, its row counts checked."""
+    shop.databases = testbed.SHOP_DATABASES["postgres"]
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    started = db_started_at(shop)
+    failing = shop.rollback(
+        recreate_databases=shop.databases,
+        recreate_health_timeout=10,
+        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+    )
+    assert failing.returncode != 0 and "FAILED at step 'verify'" in failing.stdout, failing.stdout[-4000:]
+    assert (
+        "databases dumped online, serving throughout: db; volumes copied, their containers stopped: none"
+        in failing.stdout
+    )
+    assert "Load each database's dump back" in failing.stdout and "db/shop" in failing.stdout
+    assert "put back on release %s" % v2 in failing.stdout
+    assert shop.version() == "v2" and shop.rows() == ["row 1", "row 2"]
+    dumps = sorted(shop.backups.glob("db-shop-*.sql.zst"))
+    assert dumps, sorted(p.name for p in shop.backups.iterdir())
+    manifest = json.loads(Path(str(dumps[0]) + ".manifest.json").read_text())
+    assert manifest["kind"] == "dump" and manifest["rows"]["records"] == 2, manifest
+    assert not list(shop.backups.glob("*_dbdata-*.tar*")), "the database's volume was copied as well"
+
+    result = shop.rollback(recreate_databases=shop.databases)
+    assert_ok(result)
+    assert shop.version() == "v1" and shop.rows() == ["row 1", "row 2"]
+    details = shop.info()["history"][-1]["details"]
+    assert set(details["downtime_services"]) == {"app"}, details
+    assert db_started_at(shop) == started, "the database was restarted"
+
+
 def test_second_rollback_of_the_same_project_is_refused(shop):
     shop.deploy("v1")
     shop.deploy("v2")
@@ -174,7 +216,7 @@ def test_check_mode_prints_the_plan_and_changes_nothing(shop):
     assert_ok(result)
     assert "from release %s (v2)" % v2 in result.stdout
     assert "to   release %s (v1)" % v1 in result.stdout
-    assert "volumes to back up: %s_dbdata" % shop.stack.name in result.stdout
+    assert "volumes copied, their containers stopped: %s_dbdata" % shop.stack.name in result.stdout
     assert "would roll back from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
     assert "secret-v1" not in result.stdout and "secret-v2" not in result.stdout
     assert shop.version() == "v2"

@@ -304,14 +304,9 @@ def test_hostile_members_are_refused(volumes, images, tmp_path, info, reason):
 
 def test_dest_not_writable(volumes, images, tmp_path):
     vol = volumes("echo a > /data/a", images)
-    readonly = tmp_path / "ro"
-    readonly.mkdir()
-    testbed.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)])
-    try:
+    with testbed.small_filesystem(tmp_path / "ro", size="1m", options="ro") as readonly:
         answer = backup(vol, readonly)
         assert answer["failed"] and "is not writable" in answer["msg"], answer
-    finally:
-        testbed.run(["umount", str(readonly)], check=False)
 
 
 def test_disk_full_leaves_no_partial_file_and_restarts_the_containers(compose_stack, images, tmp_path):
@@ -321,15 +316,10 @@ def test_disk_full_leaves_no_partial_file_and_restarts_the_containers(compose_st
     )
     stack.up(wait=False)
     busybox(stack.volume("data"), "dd if=/dev/urandom of=/data/big bs=1M count=8 2>/dev/null", images)
-    small = tmp_path / "small"
-    small.mkdir()
-    testbed.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)])
-    try:
+    with testbed.small_filesystem(tmp_path / "small") as small:
         answer = backup(stack.volume("data"), small)
         assert answer["failed"] and "No space left on device" in answer["msg"], answer
         assert os.listdir(small) == [], os.listdir(small)
-    finally:
-        testbed.run(["umount", str(small)], check=False)
     running = testbed.run(["docker", "inspect", "-f", "{{.State.Running}}", stack.container_id("s")]).stdout.strip()
     assert running == "true", "the container stopped for the copy was not started again"
 

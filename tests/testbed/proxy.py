@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -184,17 +187,41 @@ services:
 """
 
 MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+# Tests run in parallel (pytest -n): the host's setting is shared, so the processes that need it
+# are kept in one file under a lock, and the last one out puts the kernel's value back.
+MIGRATE_REQ_HOLDERS = Path(tempfile.gettempdir()) / "stackops-tcp-migrate-req.json"
+
+
+@contextlib.contextmanager
+def _holders():
+    with open(str(MIGRATE_REQ_HOLDERS) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = json.loads(MIGRATE_REQ_HOLDERS.read_text())
+        except (OSError, ValueError):
+            state = {"before": None, "holders": []}
+        # A holder killed before its exit would keep the setting forever: drop the dead.
+        state["holders"] = [pid for pid in state["holders"] if Path("/proc/%d" % pid).exists()]
+        yield state
+        MIGRATE_REQ_HOLDERS.write_text(json.dumps(state))
 
 
 @contextlib.contextmanager
 def host_migrates_queued_connections():
     """net.ipv4.tcp_migrate_req=1 on the host while a Caddy runs in its network namespace."""
-    before = MIGRATE_REQ.read_text().strip()
-    MIGRATE_REQ.write_text("1\n")
+    with _holders() as state:
+        if not state["holders"]:
+            state["before"] = MIGRATE_REQ.read_text().strip()
+        state["holders"].append(os.getpid())
+        MIGRATE_REQ.write_text("1\n")
     try:
         yield
     finally:
-        MIGRATE_REQ.write_text(before + "\n")
+        with _holders() as state:
+            if os.getpid() in state["holders"]:
+                state["holders"].remove(os.getpid())
+            if not state["holders"] and state["before"] is not None:
+                MIGRATE_REQ.write_text(state["before"] + "\n")
 
 
 class HostCaddy:

@@ -6,8 +6,10 @@ Docker engine and the real `docker compose` CLI; nothing is faked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -131,10 +133,27 @@ def docker_ready():
     return None
 
 
+def _port_range():
+    """Ports below the kernel's ephemeral range, split between parallel test workers (pytest -n)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") else 0
+    size = (32000 - 12000) // max(count, 1)
+    return 12000 + index * size, 12000 + (index + 1) * size
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 nothing listens on, from this worker's own range."""
+    low, high = _port_range()
+    for _attempt in range(200):
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port on 127.0.0.1 in %d-%d after 200 tries" % (low, high))
 
 
 def unique_name(prefix="st"):
@@ -409,6 +428,17 @@ def postgres_rows_in_volume(volume, query="select count(*) from records", databa
         raise AssertionError("PostgreSQL on volume %s did not answer %r: %s" % (volume, query, out.stderr))
     finally:
         run(["docker", "rm", "-f", name], check=False)
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size="2m", options=""):
+    """A tmpfs of `size` mounted at path (created) while the block runs: a disk that fills up, or is read-only."""
+    path.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", "size=%s%s" % (size, "," + options if options else ""), "tmpfs", str(path)])
+    try:
+        yield path
+    finally:
+        run(["umount", str(path)], check=False)
 
 
 def remove_volume(name):

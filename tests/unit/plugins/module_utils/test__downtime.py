@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ansible_collections.stackops.rollback.plugins.module_utils._downtime import service_windows, summarize
+from ansible_collections.stackops.rollback.plugins.module_utils._downtime import (
+    apply_answers,
+    service_windows,
+    summarize,
+)
 
 HEALTHY = "health_status: healthy"
 
@@ -71,3 +75,11 @@ def test_an_unhealthy_container_is_down_until_it_passes_again():
 
 def test_nothing_stopped_is_no_downtime():
     assert summarize(windows([]), 1.0) == {"seconds": 0.0, "services": {}}
+
+
+def test_a_service_seen_answering_is_up_from_that_moment():
+    spans = {"app": [(10.0, 12.0), (20.0, None)], "db": [(5.0, 6.0)]}
+    assert apply_answers(spans, {"app": 10.4}) == {"app": [(10.0, 10.4), (20.0, None)], "db": [(5.0, 6.0)]}
+    # An answer outside every window (before the stop, after the health check) changes nothing.
+    assert apply_answers(spans, {"app": 9.0, "db": 6.5}) == spans
+    assert apply_answers(spans, {"app": 21.0})["app"] == [(10.0, 12.0), (20.0, 21.0)]

@@ -216,3 +216,42 @@ def test_image_details_chooses_the_digest_of_the_configured_repository(configure
 
 def test_an_image_gone_since_its_container_started_has_no_digest():
     assert _release.image_details(ImageEngine({}), "sha256:gone", "app:v1") == (None, [])
+
+
+class FakeContainer:
+    def __init__(self, service, ports, status="running"):
+        self.status = status
+        self.labels = {"com.docker.compose.service": service}
+        self.attrs = {"NetworkSettings": {"Ports": ports}}
+
+
+def test_published_ports_name_their_service():
+    containers = [
+        FakeContainer("app", {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18080"}], "9/udp": None}),
+        FakeContainer("db", {"5432/tcp": None}),
+        FakeContainer("old", {"80/tcp": [{"HostPort": "18081"}]}, status="exited"),
+    ]
+    assert _release.published_ports(containers) == {18080: "app"}
+
+
+def test_first_answers_are_asked_until_they_answer_bounded_in_time():
+    now = [100.0]
+
+    def clock():
+        return now[0]
+
+    def ask(url):
+        now[0] += 0.25  # each question takes a quarter of a second
+        return url.endswith("/up") and now[0] >= 101.0
+
+    answered = _release.first_answers(
+        ["http://127.0.0.1:18080/up", "http://127.0.0.1:18082/down", "http://127.0.0.1:9999/x"],
+        {18080: "app", 18082: "worker"},
+        timeout=2.0,
+        interval=0.0,
+        clock=clock,
+        ask=ask,
+    )
+    # app answered at 101.0; worker never did within 2 s; port 9999 is no service's.
+    assert answered == {"app": 101.0}
+    assert now[0] <= 101.0 + 2.0 + 0.25
