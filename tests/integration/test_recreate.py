@@ -27,6 +27,12 @@ def shop(compose_stack, images, free_port, tmp_path):
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
+# Tests marked serial run alone (make integration's second part): they read each service's downtime
+# from the engine's events, which the engine keeps 256 of (another test's health checks push them
+# out: measured, the report then says so and gives its bound), or give the revert a short health
+# timeout that another test's load would eat.
+
+
 def assert_ok(result):
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
@@ -36,6 +42,7 @@ def recap_changed(result):
     return int(line.split("changed=")[1].split()[0])
 
 
+@pytest.mark.serial
 def test_rollback_to_previous_keeps_every_row_and_is_idempotent(shop):
     v1 = shop.deploy("v1")
     shop.write("before v2")
@@ -112,6 +119,7 @@ def test_mutable_tag_moved_since_still_brings_back_the_old_image(shop, images):
         subprocess.run(["docker", "rmi", "-f", repo + ":latest"], capture_output=True, check=False)
 
 
+@pytest.mark.serial
 def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
     # v1's compose file reads app-extra.env; v2's reads another file. After v2 is deployed,
     # v1's env file drifts (it is not one of the recorded files) and v1 now crashes on start.
@@ -136,6 +144,7 @@ def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
     assert listing["lock"] is None, "the lock was not released"
 
 
+@pytest.mark.serial
 def test_target_that_fails_verification_is_reverted(shop):
     shop.deploy("v1")
     shop.write("row 1")
@@ -155,6 +164,7 @@ def db_started_at(shop):
     return testbed.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", shop.stack.container_id("db")]).stdout
 
 
+@pytest.mark.serial
 def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     """recreate_backup_method auto: the database is dumped while it serves, never stopped; the
     revert of a target that fails verification loads the dump back, its row counts checked."""
