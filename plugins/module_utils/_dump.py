@@ -239,7 +239,7 @@ def postgres_load(chunks, relations, rows, large_objects=0, tag=None):
     ).encode()
 
 
-def mariadb_load(chunks, database, tables):
+def mariadb_load(chunks, tables):
     """The stream the mariadb client loads: the database emptied, the dump, and the row count of
     each table read under the write lock the dump takes for its rows (nothing else writes there)."""
     drops = "".join("DROP TABLE IF EXISTS %s;\n" % quote_ident("mariadb", t) for t in tables)
@@ -500,7 +500,7 @@ class DatabaseDumps:
             stdin = postgres_load(chunks, manifest["relations"], manifest["rows"], manifest.get("large_objects", 0))
         else:
             tables = sorted(self.databases.row_counts(decl))
-            stdin = mariadb_load(chunks, decl["database"], tables)
+            stdin = mariadb_load(chunks, tables)
         client, container, argv = self.databases.stream(decl, "sql", "loading the dump", stdin=stdin)
         output = b"".join(client).decode("utf-8", "replace")
         self.databases.check_exit(decl, container, argv, client.rc, output, client.stderr, "loading the dump")

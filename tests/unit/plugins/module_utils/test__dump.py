@@ -127,7 +127,7 @@ def test_a_long_line_is_counted_in_linear_time():
 
 def test_mariadb_load_counts_each_table_under_its_write_lock():
     chunks = [MARIADB_DUMP[i : i + 11] for i in range(0, len(MARIADB_DUMP), 11)]
-    text = b"".join(_dump.mariadb_load(iter(chunks), "shop", ["empty", "gone"])).decode()
+    text = b"".join(_dump.mariadb_load(iter(chunks), ["empty", "gone"])).decode()
     assert text.startswith("SET FOREIGN_KEY_CHECKS=0;\nDROP TABLE IF EXISTS `empty`;\nDROP TABLE IF EXISTS `gone`;")
     empty = text.index("LOCK TABLES `empty` WRITE;")
     assert text.index("SELECT 'stackops-rows', 'empty', COUNT(*) FROM `empty`;", empty) < text.index("UNLOCK", empty)
