@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import queue
 import re
 import stat
 import subprocess
@@ -227,43 +228,133 @@ def compare_members(expected, actual, ignore_dir_mtime=True, ignore_digests=Fals
     return problems
 
 
-def tree_members(root):
-    """The member table of a directory as the engine's tar of it would give it, without contents.
-
-    Walked as the engine walks (names sorted bytewise, depth first), so that the first name of
-    a hard-linked file is the file and the later ones are links to it. Records carry no sha256.
-    """
-    members = {}
-    first_names = {}
+def walk_tree(root):
+    """(path, name, lstat) of every entry of a directory, the root first, walked as the engine
+    walks (names sorted bytewise, depth first), so that the first name of a hard-linked file is
+    the file and the later ones are links to it. Paths are bytes; names are relative ('.' for
+    the root)."""
     pending = [(os.fsencode(root), ROOT)]  # a stack, not recursion: any depth will do
     while pending:
         path, name = pending.pop()
         st = os.lstat(path)
-        kind = stat.S_IFMT(st.st_mode)
-        record = {
-            "mode": "%04o" % stat.S_IMODE(st.st_mode),
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "mtime": int(st.st_mtime),
-        }
-        if kind == stat.S_IFDIR:
-            record["type"] = "dir"
-            entries = sorted(os.listdir(path), reverse=True)
+        yield path, name, st
+        if stat.S_ISDIR(st.st_mode):
             pending.extend(
                 (os.path.join(path, e), os.fsdecode(e) if name == ROOT else "%s/%s" % (name, os.fsdecode(e)))
-                for e in entries
+                for e in sorted(os.listdir(path), reverse=True)
             )
-        elif kind == stat.S_IFLNK:
-            record.update(type="symlink", link=os.fsdecode(os.readlink(path)))
-        elif kind == stat.S_IFREG and st.st_nlink > 1 and (st.st_dev, st.st_ino) in first_names:
-            record.update(type="hardlink", link=first_names[(st.st_dev, st.st_ino)])
-        elif kind == stat.S_IFREG:
-            record.update(type="file", size=st.st_size, sha256=None)
-            first_names[(st.st_dev, st.st_ino)] = name
-        else:
-            record["type"] = "fifo" if kind == stat.S_IFIFO else "device"
-        members[name] = record
+
+
+def tree_info(path, name, st, first_names):
+    """The tar header of one walked entry as the engine's archive holds it, or None for what a
+    tar cannot hold (a socket: the engine leaves it out too). `first_names` maps (device, inode)
+    to the first name of each file seen, to write later names as hard links."""
+    info = tarfile.TarInfo(ROOT if name == ROOT else "./" + name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFDIR:
+        info.type = tarfile.DIRTYPE
+    elif kind == stat.S_IFLNK:
+        info.type, info.linkname = tarfile.SYMTYPE, os.fsdecode(os.readlink(path))
+    elif kind == stat.S_IFREG and st.st_nlink > 1 and (st.st_dev, st.st_ino) in first_names:
+        info.type, info.linkname = tarfile.LNKTYPE, "./" + first_names[(st.st_dev, st.st_ino)]
+    elif kind == stat.S_IFREG:
+        info.type, info.size = tarfile.REGTYPE, st.st_size
+        first_names[(st.st_dev, st.st_ino)] = name
+    elif kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK):
+        info.type = {stat.S_IFIFO: tarfile.FIFOTYPE, stat.S_IFCHR: tarfile.CHRTYPE, stat.S_IFBLK: tarfile.BLKTYPE}[kind]
+        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    else:
+        return None
+    return info
+
+
+def tree_members(root):
+    """The member table of a directory as the engine's tar of it would give it, without contents
+    (records carry no sha256)."""
+    first_names = {}
+    members = {}
+    for path, name, st in walk_tree(root):
+        info = tree_info(path, name, st, first_names)
+        if info is not None:
+            members[name] = member_record(info)
     return members
+
+
+def tree_tar(root, members):
+    """A tar of a directory, read from the directory itself, as pieces; `members` is filled with
+    its member table, every file's sha256 included: what read_members gives for the engine's
+    archive of the same files, so that both make the same archive format and manifest.
+
+    Nothing may write into the directory meanwhile: a file whose size changes while it is read
+    fails the copy (ArchiveError), and a partial archive is never kept.
+    """
+    first_names = {}
+    for path, name, st in walk_tree(root):
+        info = tree_info(path, name, st, first_names)
+        if info is None:
+            continue
+        yield tar_header(info)
+        digest = None
+        if info.isreg():
+            digest = hashlib.sha256()
+            yield from _file_pieces(path, name, info.size, digest)
+            digest = digest.hexdigest()
+        members[name] = member_record(info, digest)
+    yield b"\0" * (2 * BLOCK)
+
+
+def tar_header(info):
+    """The member's tar header: a plain ustar block written here when everything fits one (the
+    common case, a tenth of tarfile's cost), else tarfile's pax header. Both read the same."""
+    name = info.name + "/" if info.type == tarfile.DIRTYPE and not info.name.endswith("/") else info.name
+    try:
+        raw_name, raw_link = name.encode("ascii"), info.linkname.encode("ascii")
+    except UnicodeEncodeError:
+        raw_name = raw_link = None
+    fits = raw_name is not None and len(raw_name) <= 100 and len(raw_link) <= 100
+    small, large = 8**7, 8**11
+    if not (
+        fits
+        and 0 <= info.mode < small
+        and 0 <= info.uid < small
+        and 0 <= info.gid < small
+        and 0 <= info.size < large
+        and 0 <= info.mtime < large
+    ):
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (info.mode, info.uid, info.gid, info.size, info.mtime)
+    head = raw_name.ljust(100, b"\0") + numbers
+    tail = (
+        info.type
+        + raw_link.ljust(100, b"\0")
+        + tarfile.POSIX_MAGIC
+        + b"\0" * 64  # uname, gname: the numeric owner is what is restored
+        + b"%07o\0%07o\0" % (info.devmajor, info.devminor)
+    ).ljust(BLOCK - len(head) - 8, b"\0")
+    checksum = sum(head) + sum(tail) + 8 * 32
+    return head + b"%06o\0 " % checksum + tail
+
+
+def _file_pieces(path, name, size, digest):
+    """A file's contents, padded to a block, hashed into digest on the way."""
+    left = size
+    with open(path, "rb", buffering=0) as fh:
+        while left:
+            piece = fh.read(min(CHUNK, left))
+            if not piece:
+                break
+            digest.update(piece)
+            yield piece
+            left -= len(piece)
+        if left or fh.read(1):
+            raise ArchiveError(
+                "%s changed while it was read (%d bytes when the copy began): something writes into the "
+                "volume; stop its containers for the copy" % (name, size)
+            )
+    if size % BLOCK:
+        yield b"\0" * (BLOCK - size % BLOCK)
 
 
 # -- streams ------------------------------------------------------------------------------
@@ -349,6 +440,22 @@ class Compressor:
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=self.fh, stderr=subprocess.PIPE)
         elif compression == "gzip":
             self.gz = gzip.GzipFile(fileobj=self.fh, mode="wb", compresslevel=level or 6, mtime=0)
+        # The disk takes the archive while it is written, so that the fsync in close() waits only
+        # for the last part (for a large archive that wait was half of the time after the copy).
+        self.written = threading.Event()
+        self.flusher = threading.Thread(target=self._flush_while_writing, daemon=True)
+        self.flusher.start()
+
+    def _flush_while_writing(self, every=0.25):
+        while not self.written.wait(every):
+            try:
+                os.fdatasync(self.fh.fileno())
+            except (OSError, ValueError):  # closed by abort(): nothing left to flush
+                return
+
+    def _stop_flushing(self):
+        self.written.set()
+        self.flusher.join()
 
     def write(self, data):
         if self.proc:
@@ -370,10 +477,12 @@ class Compressor:
         if self.gz:
             self.gz.close()
         self.fh.flush()
+        self._stop_flushing()
         os.fsync(self.fh.fileno())
         self.fh.close()
 
     def abort(self):
+        self._stop_flushing()
         for closer in (getattr(self.proc, "kill", None), getattr(self.gz, "close", None), self.fh.close):
             try:
                 if closer:
@@ -390,6 +499,8 @@ class ArchiveWriter:
     manifest, renames the file into place and syncs the directory. Leaving the with-block on an
     error removes the temporary file: no partial archive is ever left behind."""
 
+    DEPTH = 8  # chunks in flight: the compressor is fed while the next chunk is read and hashed
+
     def __init__(self, final, compression, zstd_bin=None):
         self.final = final
         self.dest = os.path.dirname(final)
@@ -399,19 +510,48 @@ class ArchiveWriter:
         self.total = 0
         self.crc = 0
         self.compressor = None
+        self.pending = queue.Queue(maxsize=self.DEPTH)
+        self.feeder = None
+        self.failure = None
 
     def __enter__(self):
         self.compressor = Compressor(self.tmp, self.compression, self.zstd)
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+        self.feeder.start()
         return self
 
+    def _feed(self):
+        """The compressor's side, in its own thread (pipe writes and zlib let go of the GIL):
+        after a failure it only drains, and write() raises that failure."""
+        while True:
+            chunk = self.pending.get()
+            if chunk is None:
+                return
+            if self.failure is None:
+                try:
+                    self.compressor.write(chunk)
+                    if self.compression != "zstd":  # zstd carries its own content checksum
+                        self.crc = zlib.crc32(chunk, self.crc)
+                except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                    self.failure = exc
+
     def write(self, chunk):
-        self.compressor.write(chunk)
+        if self.failure is not None:
+            raise self.failure
+        self.pending.put(chunk)
         self.total += len(chunk)
-        if self.compression != "zstd":  # zstd carries its own content checksum
-            self.crc = zlib.crc32(chunk, self.crc)
+
+    def _drain(self):
+        if self.feeder is not None:
+            self.pending.put(None)
+            self.feeder.join()
+            self.feeder = None
 
     def commit(self, manifest):
         """Check what was written, then put it in place with its manifest (completed and returned)."""
+        self._drain()
+        if self.failure is not None:
+            raise self.failure
         self.compressor.close()
         # Read the file back while hashing it (two cores): what is on disk must decode to
         # exactly what was written into it.
@@ -436,7 +576,8 @@ class ArchiveWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             if self.compressor:
-                self.compressor.abort()
+                self.compressor.abort()  # a feeder blocked on the pipe fails, then drains
+            self._drain()
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
         return False

@@ -27,10 +27,12 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     read_members,
     rewrite_for_root,
     tree_members,
+    tree_tar,
     utc_stamp,
     verify_archive,
 )
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import describe
+from ansible_collections.stackops.rollback.plugins.module_utils._streams import coalesce, prefetched
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import (
     MOUNT,
     Helper,
@@ -39,6 +41,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
     existing_volume,
     local_mountpoint,
     missing_volume,
+    mountpoint_refusal,
 )
 
 
@@ -91,18 +94,50 @@ class VolumeBackups:
         if not os.access(dest, os.W_OK | os.X_OK):
             raise ArchiveError("dest %s is not writable; choose a writable directory. Nothing was changed" % dest)
 
+    def method(self, attrs):
+        """How the backup reads the volume: 'mountpoint' (its directory on this host, the fast
+        path) where that is as safe as the engine's own archive, else 'api' (the engine's archive
+        endpoint). Decided before anything is stopped; method=mountpoint that does not qualify
+        fails here, with nothing changed."""
+        wanted = self.params["method"]
+        if wanted == "api":
+            return "api"
+        refusal = mountpoint_refusal(self.engine, attrs)
+        if refusal is None and not self.params["stop_containers"]:
+            running = [c.name for c in self.engine.containers_using(attrs["Name"]) if c.status == "running"]
+            if running:
+                refusal = (
+                    "container(s) %s use volume %s and stop_containers is false, so the copy would not be "
+                    "consistent" % (", ".join(sorted(running)), attrs["Name"])
+                )
+        if refusal is None:
+            return "mountpoint"
+        if wanted == "mountpoint":
+            raise ArchiveError(
+                "method=mountpoint cannot be used: %s. Use method=auto (or api) to copy through the engine; "
+                "nothing was changed" % refusal
+            )
+        return "api"
+
     # -- backup ---------------------------------------------------------------------------
-    def copy_volume(self, name, attrs, dest, compression, kind="backup"):
-        """Write an archive of the volume into dest (its users must be stopped already)."""
+    def copy_volume(self, name, attrs, dest, compression, kind="backup", method="api"):
+        """Write an archive of the volume into dest (its users must be stopped already), read
+        through the engine (method 'api') or from its mount point ('mountpoint')."""
         started = time.time()
         with ArchiveWriter(os.path.join(dest, archive_name(name, compression)), compression, self.zstd) as writer:
-            with Helper(self.engine, name) as helper:
-                reader = ChunkReader(helper.stream(), tee=writer.write)
-                members = read_members(reader, strict=False)
-                reader.drain()
+            if method == "mountpoint":
+                members = {}
+                for chunk in coalesce(tree_tar(attrs["Mountpoint"], members)):
+                    writer.write(chunk)
+            else:
+                with Helper(self.engine, name) as helper:
+                    reader = ChunkReader(helper.stream(), tee=writer.write)
+                    members = read_members(reader, strict=False)
+                    reader.drain()
             manifest = writer.commit(
                 {
                     "kind": kind,
+                    "method": method,
                     "created": utc_stamp(),
                     "volume": {
                         "name": name,
@@ -124,11 +159,13 @@ class VolumeBackups:
             "files": manifest["files"],
             "bytes": manifest["bytes"],
             "compression": compression,
+            "method": method,
             "duration": round(time.time() - started, 3),
         }
 
     def backup(self, name):
         attrs = existing_volume(self.engine, name)
+        method = self.method(attrs)
         dest = self.params["dest"]
         self.check_dest(dest)
         compression = self.compression()
@@ -137,13 +174,14 @@ class VolumeBackups:
                 "changed": True,
                 "archive": os.path.join(dest, archive_name(name, compression)),
                 "compression": compression,
+                "method": method,
                 "stopped_containers": [],
                 "pruned": [],
                 "duration": 0.0,
             }
         started = time.time()
         with StoppedUsers(self.engine, name, self.params["stop_containers"], self.params["stop_timeout"]) as stopped:
-            result = self.copy_volume(name, attrs, dest, compression)
+            result = self.copy_volume(name, attrs, dest, compression, method=method)
         result.update(
             changed=True,
             stopped_containers=stopped.names,
@@ -179,7 +217,11 @@ class VolumeBackups:
         sent = {}
         with Helper(self.engine, attrs["Name"], read_only=False) as helper:
             helper.extract_at_root(
-                rewrite_for_root(decompressed_chunks(archive, compression, self.zstd), MOUNT.lstrip("/"), sent)
+                prefetched(
+                    coalesce(
+                        rewrite_for_root(decompressed_chunks(archive, compression, self.zstd), MOUNT.lstrip("/"), sent)
+                    )
+                )
             )
         return sent
 
@@ -223,8 +265,9 @@ class VolumeBackups:
             return result
         safety_dir = self.params["safety_dir"] or os.path.dirname(os.path.abspath(archive))
         self.check_dest(safety_dir)
+        method = self.method(attrs)
         with StoppedUsers(self.engine, name, self.params["stop_containers"], self.params["stop_timeout"]) as stopped:
-            safety = self.copy_volume(name, attrs, safety_dir, compression, kind="safety")
+            safety = self.copy_volume(name, attrs, safety_dir, compression, kind="safety", method=method)
             try:
                 sent = self.write_contents(attrs, archive, compression)
                 after = compare_members(manifest["members"], self.restored_members(attrs, sent))

@@ -23,6 +23,7 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.stackops.rollback.plugins.module_utils._streams import coalesce
 
 try:
     import docker
@@ -49,7 +50,6 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 # An upload is sent as HTTP chunks, one per piece: small pieces (tar headers) are joined first.
-UPLOAD_CHUNK = 1024 * 1024
 
 # Options every module that talks to the engine accepts, merged into its argument_spec
 # (documented once in the doc fragment stackops.rollback.docker).
@@ -158,23 +158,6 @@ def advice(exc, host):
         "cannot reach the Docker engine at %s (%s). Is the Docker daemon running? Start it (for example "
         "'systemctl start docker') or set docker_host, then retry" % (host, first_line(exc))
     )
-
-
-def coalesce(pieces, size=UPLOAD_CHUNK):
-    """Join small pieces (tar headers, padding) into chunks of about size bytes.
-
-    Every piece of a generator body becomes one chunk of an HTTP chunked upload: sent one by
-    one, the headers and padding of 20,000 small files cost more than their contents.
-    """
-    batch, length = [], 0
-    for piece in pieces:
-        batch.append(piece)
-        length += len(piece)
-        if length >= size:
-            yield b"".join(batch)
-            batch, length = [], 0
-    if batch:
-        yield b"".join(batch)
 
 
 class ExecStream:

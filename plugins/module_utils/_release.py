@@ -465,6 +465,7 @@ class BackupOptions:
                 dest=None,
                 safety_dir=None,
                 create_volume=False,
+                method="auto",
             ),
             **params,
         )

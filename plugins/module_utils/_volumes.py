@@ -101,6 +101,35 @@ def local_mountpoint(engine, volume_attrs):
     return None
 
 
+def mountpoint_refusal(engine, volume_attrs):
+    """Why a backup may not read this volume's mount point (None when it may).
+
+    Only a plain directory of the local driver with no driver options (with options the local
+    driver mounts NFS, CIFS, a device or a tmpfs there), of an engine reached through this
+    host's Unix socket, readable by this process. Consistency is the caller's: nothing may write
+    into the volume meanwhile.
+    """
+    name = volume_attrs.get("Name")
+    if volume_attrs.get("Driver") != "local":
+        return "volume %s uses the %s driver, not local" % (name, volume_attrs.get("Driver"))
+    if volume_attrs.get("Options"):
+        return (
+            "volume %s has driver options (%s): the local driver mounts something there (NFS, CIFS, a device, "
+            "tmpfs)" % (name, ", ".join(sorted(volume_attrs["Options"])))
+        )
+    if not engine.is_local():
+        return "the engine is not reached through this host's Unix socket: its volumes are on another machine"
+    mountpoint = volume_attrs.get("Mountpoint")
+    if not mountpoint or os.path.islink(mountpoint) or not os.path.isdir(mountpoint):
+        return "the mount point of volume %s (%s) is not a directory on this host" % (name, mountpoint)
+    if not os.access(mountpoint, os.R_OK | os.X_OK):
+        return "this user cannot read the mount point of volume %s (%s); run as root (become: true)" % (
+            name,
+            mountpoint,
+        )
+    return None
+
+
 def clear_contents(engine, volume_attrs):
     """Remove everything inside a volume (dotfiles too), keeping the volume and its root.
 

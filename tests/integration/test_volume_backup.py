@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import stat
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,16 +80,18 @@ def backup(volume, dest, **extra):
     return testbed.run_module("volume_backup", dict(name=volume, dest=str(dest), **extra))
 
 
-def test_round_trip_keeps_every_file_owner_mode_link_and_time(volumes, images, tmp_path):
+@pytest.mark.parametrize("method", ["api", "mountpoint"])
+def test_round_trip_keeps_every_file_owner_mode_link_and_time(volumes, images, tmp_path, method):
     source = volumes(POPULATE, images)
-    result = backup(source, tmp_path, keep=3)
+    result = backup(source, tmp_path, keep=3, method=method)
     assert result["changed"] and not result.get("failed"), result
-    assert result["compression"] == "zstd"
+    assert result["compression"] == "zstd" and result["method"] == method
     assert result["files"] == 6 and result["bytes"] > 24 * 1024 * 1024
     assert stat.S_IMODE(os.stat(result["archive"]).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(result["manifest"]).st_mode) == 0o600
     manifest = json.loads(Path(result["manifest"]).read_text())
     assert manifest["sha256"] == result["sha256"] and manifest["members"]["."]["mode"] == "0700"
+    assert manifest["method"] == method
     assert manifest["members"]["."]["uid"] == 999
 
     target = volumes()
@@ -97,6 +102,104 @@ def test_round_trip_keeps_every_file_owner_mode_link_and_time(volumes, images, t
     assert listing(source, images) == listing(target, images)
     again = testbed.run_module("volume_backup", dict(name=target, state="restore", archive=result["archive"]))
     assert not again["changed"], again
+
+
+def test_archives_from_the_mount_point_and_through_the_engine_are_alike_and_restore_alike(volumes, images, tmp_path):
+    """The two read paths make the same member table; each archive restores (through the engine,
+    as every restore does) to exactly the source, and each volume restored from one matches the
+    other's archive."""
+    source = volumes(POPULATE, images)
+    made = {m: backup(source, tmp_path / m, method=m) for m in ("api", "mountpoint")}
+    members = {m: json.loads(Path(r["manifest"]).read_text())["members"] for m, r in made.items()}
+    assert members["api"] == members["mountpoint"]
+    for method, result in made.items():
+        target = volumes()
+        restored = testbed.run_module(
+            "volume_backup", dict(name=target, state="restore", archive=result["archive"], safety_dir=str(tmp_path))
+        )
+        assert restored["changed"] and not restored.get("failed"), restored
+        assert listing(target, images) == listing(source, images), "restored from the %s archive" % method
+        other = made["api" if method == "mountpoint" else "mountpoint"]["archive"]
+        again = testbed.run_module("volume_backup", dict(name=target, state="restore", archive=other))
+        assert not again["changed"] and not again.get("failed"), again
+
+
+@contextlib.contextmanager
+def engine_over_tcp():
+    """This host's engine reached over TCP on 127.0.0.1 (a byte relay to its Unix socket): to the
+    module, an engine on another machine."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def pump(src, dst):
+        with contextlib.suppress(OSError):
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve():
+        while not stop.is_set():
+            try:
+                client, _addr = listener.accept()
+            except OSError:
+                continue
+            client.settimeout(None)
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect("/var/run/docker.sock")
+            for a, b in ((client, engine), (engine, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield "tcp://127.0.0.1:%d" % listener.getsockname()[1]
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
+
+
+def test_mountpoint_that_does_not_qualify_is_refused_saying_why_and_auto_uses_the_engine(
+    volumes, compose_stack, images, tmp_path
+):
+    tmpfs = testbed.unique_name("st-vol-tmpfs")
+    testbed.run(["docker", "volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", tmpfs])
+    try:
+        busybox(tmpfs, "echo a > /data/a", images)
+        refused = backup(tmpfs, tmp_path / "tmpfs", method="mountpoint")
+        assert refused["failed"] and "has driver options (device, type)" in refused["msg"], refused
+        assert "nothing was changed" in refused["msg"] and not (tmp_path / "tmpfs").exists()
+        assert backup(tmpfs, tmp_path / "tmpfs")["method"] == "api"
+    finally:
+        testbed.run(["docker", "volume", "rm", "-f", tmpfs], check=False)
+
+    vol = volumes("echo a > /data/a", images)
+    with engine_over_tcp() as remote:
+        refused = backup(vol, tmp_path / "remote", method="mountpoint", docker_host=remote)
+        assert refused["failed"] and "not reached through this host's Unix socket" in refused["msg"], refused
+        assert not (tmp_path / "remote").exists()
+        made = backup(vol, tmp_path / "remote", docker_host=remote)
+        assert made["method"] == "api" and not made.get("failed"), made
+
+    stack = compose_stack(
+        "services:\n  s:\n    image: {bb}\n    command: [sleep, '600']\n    volumes: [data:/data]\n"
+        "volumes:\n  data:\n".format(bb=images["BUSYBOX_IMAGE"])
+    )
+    stack.up(wait=False)
+    refused = backup(stack.volume("data"), tmp_path / "busy", method="mountpoint", stop_containers=False)
+    assert refused["failed"] and "stop_containers is false" in refused["msg"], refused
+    assert not (tmp_path / "busy").exists()
+    running = testbed.run(["docker", "inspect", "-f", "{{.State.Running}}", stack.container_id("s")]).stdout.strip()
+    assert running == "true"
+    stopped_for_it = backup(stack.volume("data"), tmp_path / "busy", method="mountpoint")
+    assert stopped_for_it["method"] == "mountpoint" and len(stopped_for_it["stopped_containers"]) == 1, stopped_for_it
 
 
 def test_restore_replaces_contents_completely_and_keeps_a_safety_copy(volumes, images, tmp_path):

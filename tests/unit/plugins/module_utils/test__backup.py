@@ -40,3 +40,59 @@ def test_zstd_asked_for_but_missing_is_a_clear_error():
     manager = VolumeBackups(FakeModule({"compression": "zstd"}, None), None)
     with pytest.raises(ArchiveError, match="zstd binary is not on the managed host"):
         manager.compression()
+
+
+class FakeEngine:
+    def __init__(self, local=True, users=()):
+        self.local = local
+        self.users = users
+
+    def is_local(self):
+        return self.local
+
+    def containers_using(self, volume):
+        return list(self.users)
+
+
+class FakeContainer:
+    def __init__(self, name, status):
+        self.name, self.status = name, status
+
+
+def volume_attrs(tmp_path, **extra):
+    return dict({"Name": "v", "Driver": "local", "Options": None, "Mountpoint": str(tmp_path)}, **extra)
+
+
+@pytest.mark.parametrize(
+    ("engine", "attrs", "stop", "reason"),
+    [
+        (FakeEngine(), {"Driver": "nfs-plugin"}, True, "uses the nfs-plugin driver, not local"),
+        (FakeEngine(), {"Options": {"type": "nfs", "device": ":/export"}}, True, "has driver options (device, type)"),
+        (FakeEngine(local=False), {}, True, "not reached through this host's Unix socket"),
+        (FakeEngine(), {"Mountpoint": "/no/such/dir"}, True, "is not a directory on this host"),
+        (FakeEngine(users=[FakeContainer("db", "running")]), {}, False, "db use volume v and stop_containers is false"),
+    ],
+)
+def test_mountpoint_that_does_not_qualify(tmp_path, engine, attrs, stop, reason):
+    params = {"method": "mountpoint", "stop_containers": stop}
+    manager = VolumeBackups(FakeModule(params, "/usr/bin/zstd"), engine)
+    with pytest.raises(ArchiveError, match=r"method=mountpoint cannot be used: .*nothing was changed") as err:
+        manager.method(volume_attrs(tmp_path, **attrs))
+    assert reason in str(err.value)
+    params["method"] = "auto"
+    assert manager.method(volume_attrs(tmp_path, **attrs)) == "api"
+
+
+@pytest.mark.parametrize(
+    ("wanted", "users", "stop", "expected"),
+    [
+        ("auto", [], True, "mountpoint"),
+        ("auto", [FakeContainer("db", "running")], True, "mountpoint"),  # stopped for the copy
+        ("auto", [FakeContainer("db", "exited")], False, "mountpoint"),
+        ("mountpoint", [], True, "mountpoint"),
+        ("api", [], True, "api"),
+    ],
+)
+def test_method_choice(tmp_path, wanted, users, stop, expected):
+    module = FakeModule({"method": wanted, "stop_containers": stop}, "/usr/bin/zstd")
+    assert VolumeBackups(module, FakeEngine(users=users)).method(volume_attrs(tmp_path)) == expected

@@ -93,18 +93,6 @@ def test_the_cli_is_given_the_engine_of_docker_host():
 
 
 @pytest.mark.parametrize(
-    ("pieces", "size", "expected"),
-    [
-        ([], 4, []),
-        ([b"ab", b"c", b"def", b"g"], 4, [b"abcdef", b"g"]),
-        ([b"abcd", b"e"], 4, [b"abcd", b"e"]),
-    ],
-)
-def test_coalesce_joins_small_pieces(pieces, size, expected):
-    assert list(_docker.coalesce(pieces, size)) == expected
-
-
-@pytest.mark.parametrize(
     ("params", "env", "expected"),
     [
         ({"docker_host": "tcp://10.0.0.1:2376"}, {}, "tcp://10.0.0.1:2376"),
