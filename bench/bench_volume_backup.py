@@ -334,7 +334,7 @@ def main():
                     "ours",
                     "ours through the engine",
                     "field guide tar czf",
-                    "bare tar | zstd, without / with fsync and zstd -t",
+                    "bare tar into zstd, without / with fsync and zstd -t",
                     "vs field guide (goal >= 5 x)",
                     "x of bare, without / with its checks (goal <= 1.3)",
                     "archive MiB ours / guide (goal <= +10 %)",
