@@ -28,13 +28,13 @@ import threading
 import zlib
 
 from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, fsync_dir
+from ansible_collections.stackops.rollback.plugins.module_utils._streams import CHUNK
 
 TOOL = "stackops.rollback.volume_backup"
 MANIFEST_SUFFIX = ".manifest.json"
 EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
 # A database's online dump (kind "dump"): the engine's own SQL, compressed the same ways.
 DUMP_EXTENSIONS = {"zstd": ".sql.zst", "gzip": ".sql.gz", "none": ".sql"}
-CHUNK = 1024 * 1024
 ROOT = "."
 BLOCK = tarfile.BLOCKSIZE
 

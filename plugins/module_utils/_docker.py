@@ -49,7 +49,6 @@ COMPOSE_MIN_VERSION = (2, 18, 0)
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
-# An upload is sent as HTTP chunks, one per piece: small pieces (tar headers) are joined first.
 
 # Options every module that talks to the engine accepts, merged into its argument_spec
 # (documented once in the doc fragment stackops.rollback.docker).
