@@ -57,6 +57,9 @@ def caddy_local(compose_stack, images, tmp_path, host_migrates_queued_connection
         prefix="caddy-local",
     )
     stack.up(wait=False)
+    # Both must answer before Caddy starts: its first active health check (health_uri /health)
+    # would mark a blue still starting unhealthy for the whole 30 s default interval (503s).
+    testbed.wait_http("http://127.0.0.1:%d/version" % blue_port, body_contains="v1", timeout=60)
     testbed.wait_http("http://127.0.0.1:%d/version" % green_port, body_contains="v2", timeout=60)
     caddyfile = tmp_path / "Caddyfile"
     blue, green = "127.0.0.1:%d" % blue_port, "127.0.0.1:%d" % green_port
