@@ -43,6 +43,38 @@ class ArchiveError(Exception):
     """Bad or unsafe archive, or a failed copy; the message names the thing and what to do."""
 
 
+def choose_compression(module, wanted, zstd):
+    """The archives' compression: the one asked for, else zstd where its binary is on the managed
+    host, else gzip (slower: said in a warning)."""
+    if wanted == "zstd" and not zstd:
+        raise ArchiveError(
+            "compression=zstd was asked for, but the zstd binary is not on the managed host; "
+            "install zstd or choose gzip"
+        )
+    if wanted:
+        return wanted
+    if zstd:
+        return "zstd"
+    module.warn("zstd is not installed on the managed host: writing gzip archives (slower)")
+    return "gzip"
+
+
+def prepare_dir(module, path, option, contents):
+    """The directory archives go to: created (0700) when missing, and writable; in check mode only
+    checked. `option` names the module option and `contents` what it holds, for the errors."""
+    if not path:
+        raise ArchiveError("%s is needed: the directory for %s" % (option, contents))
+    if not os.path.isdir(path):
+        if module.check_mode:
+            return
+        try:
+            os.makedirs(path, mode=0o700)
+        except OSError as exc:
+            raise ArchiveError("%s %s does not exist and cannot be created: %s" % (option, path, exc.strerror)) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ArchiveError("%s %s is not writable; choose a writable directory. Nothing was changed" % (option, path))
+
+
 def utc_stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 

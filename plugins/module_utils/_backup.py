@@ -19,10 +19,12 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     ArchiveWriter,
     ChunkReader,
     archive_name,
+    choose_compression,
     compare_members,
     compression_of,
     decompressed_chunks,
     manifest_path,
+    prepare_dir,
     prune,
     read_members,
     rewrite_for_root,
@@ -68,31 +70,7 @@ class VolumeBackups:
 
     # -- helpers --------------------------------------------------------------------------
     def compression(self):
-        wanted = self.params["compression"]
-        if wanted == "zstd" and not self.zstd:
-            raise ArchiveError(
-                "compression=zstd was asked for, but the zstd binary is not on the managed host; "
-                "install zstd or choose gzip"
-            )
-        if wanted:
-            return wanted
-        if self.zstd:
-            return "zstd"
-        self.module.warn("zstd is not installed on the managed host: writing gzip archives (slower)")
-        return "gzip"
-
-    def check_dest(self, dest):
-        if not dest:
-            raise ArchiveError("state=backup needs dest, the directory for the archives")
-        if not os.path.isdir(dest):
-            if self.module.check_mode:
-                return
-            try:
-                os.makedirs(dest, mode=0o700)
-            except OSError as exc:
-                raise ArchiveError("dest %s does not exist and cannot be created: %s" % (dest, exc.strerror)) from exc
-        if not os.access(dest, os.W_OK | os.X_OK):
-            raise ArchiveError("dest %s is not writable; choose a writable directory. Nothing was changed" % dest)
+        return choose_compression(self.module, self.params["compression"], self.zstd)
 
     def method(self, attrs):
         """How the backup reads the volume: 'mountpoint' (its directory on this host, the fast
@@ -167,7 +145,7 @@ class VolumeBackups:
         attrs = existing_volume(self.engine, name)
         method = self.method(attrs)
         dest = self.params["dest"]
-        self.check_dest(dest)
+        prepare_dir(self.module, dest, "dest", "the archives")
         compression = self.compression()
         if self.module.check_mode:
             return {
@@ -264,7 +242,7 @@ class VolumeBackups:
             result.update(changed=bool(differences), duration=round(time.time() - started, 3))
             return result
         safety_dir = self.params["safety_dir"] or os.path.dirname(os.path.abspath(archive))
-        self.check_dest(safety_dir)
+        prepare_dir(self.module, safety_dir, "safety_dir", "the safety copies")
         method = self.method(attrs)
         with StoppedUsers(self.engine, name, self.params["stop_containers"], self.params["stop_timeout"]) as stopped:
             safety = self.copy_volume(name, attrs, safety_dir, compression, kind="safety", method=method)

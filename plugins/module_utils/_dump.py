@@ -30,10 +30,12 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     ArchiveError,
     ArchiveWriter,
     archive_name,
+    choose_compression,
     compression_of,
     decompressed_chunks,
     file_sha256,
     manifest_path,
+    prepare_dir,
     prune,
     read_manifest,
     utc_stamp,
@@ -315,10 +317,7 @@ class DatabaseDumps:
                 )
 
     def compression(self):
-        wanted = self.params.get("compression")
-        if wanted == "zstd" and not self.zstd:
-            raise ArchiveError("compression=zstd was asked for, but the zstd binary is not on the managed host")
-        return wanted or ("zstd" if self.zstd else "gzip")
+        return choose_compression(self.module, self.params.get("compression"), self.zstd)
 
     # -- backup -----------------------------------------------------------------------------
     def dump(self, decl, dest, compression, kind="dump"):
@@ -373,18 +372,8 @@ class DatabaseDumps:
             "duration": round(time.time() - started, 3),
         }
 
-    def check_dest(self, dest, what="dest"):
-        if not dest:
-            raise ArchiveError("state=backup needs dest, the directory for the dumps")
-        if not os.path.isdir(dest) and not self.module.check_mode:
-            try:
-                os.makedirs(dest, mode=0o700)
-            except OSError as exc:
-                raise ArchiveError(
-                    "%s %s does not exist and cannot be created: %s" % (what, dest, exc.strerror)
-                ) from exc
-        if os.path.isdir(dest) and not os.access(dest, os.W_OK | os.X_OK):
-            raise ArchiveError("%s %s is not writable; choose a writable directory. Nothing was changed" % (what, dest))
+    def check_dest(self, dest, option="dest"):
+        prepare_dir(self.module, dest, option, "the dumps")
 
     def backup(self):
         dest = self.params["dest"]

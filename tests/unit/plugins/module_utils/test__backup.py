@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
+from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError, prepare_dir
 from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 
 
@@ -96,3 +96,16 @@ def test_mountpoint_that_does_not_qualify(tmp_path, engine, attrs, stop, reason)
 def test_method_choice(tmp_path, wanted, users, stop, expected):
     module = FakeModule({"method": wanted, "stop_containers": stop}, "/usr/bin/zstd")
     assert VolumeBackups(module, FakeEngine(users=users)).method(volume_attrs(tmp_path)) == expected
+
+
+def test_a_directory_that_cannot_be_made_names_its_option(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    module = FakeModule({}, None)
+    with pytest.raises(ArchiveError, match="safety_dir %s/sub does not exist and cannot be created" % blocker):
+        prepare_dir(module, str(blocker / "sub"), "safety_dir", "the safety copies")
+    with pytest.raises(ArchiveError, match="dest is needed: the directory for the archives"):
+        prepare_dir(module, "", "dest", "the archives")
+    module.check_mode = True
+    prepare_dir(module, str(tmp_path / "later"), "dest", "the archives")
+    assert not (tmp_path / "later").exists(), "check mode created the directory"
