@@ -5,7 +5,9 @@ Each benchmark owns the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import platform
 import re
 import subprocess
@@ -66,3 +68,38 @@ def table(headers, rows):
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for header in headers) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+# Ansible's own per-task timer (ansible.posix.profile_tasks), for the playbook runs a benchmark times.
+PROFILE_ENV = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "500"}
+RECAP_LINE = re.compile(r"^(?P<task>.+?) -+ (?P<seconds>\d+\.\d+)s$")
+
+
+@contextlib.contextmanager
+def profiled():
+    """Playbooks run inside it print profile_tasks' recap of their slowest tasks."""
+    saved = {key: os.environ.get(key) for key in PROFILE_ENV}
+    os.environ.update(PROFILE_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def top_tasks(stdout, count=None):
+    """[(task, seconds)] from the TASKS RECAP that profile_tasks printed, slowest first."""
+    recap = stdout.split("TASKS RECAP", 1)[-1] if "TASKS RECAP" in stdout else ""
+    found = [(m.group("task"), float(m.group("seconds"))) for m in map(RECAP_LINE.match, recap.splitlines()) if m]
+    return sorted(found, key=lambda item: -item[1])[:count]
+
+
+def profile_table(tasks, wall):
+    """The slowest tasks as a Markdown table, each with its share of the wall time."""
+    rows = [
+        (task.replace("|", "/"), "%.2f" % seconds, "%.0f %%" % (100 * seconds / wall)) for task, seconds in tasks[:10]
+    ]
+    return table(["task (profile_tasks, last round of ours)", "s", "of the wall time"], rows)

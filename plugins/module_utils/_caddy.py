@@ -360,6 +360,9 @@ class UpstreamSwitch:
                 self.put_back(old_text, dials_before, timeout, exc, result)
             result["reloaded"] = True
             result["reload_seconds"] = round(time.monotonic() - started, 3)
+            # When the running config was seen dialing the new upstreams: until then the traffic is
+            # counted against the old ones (a downtime measurement never credits a switch early).
+            result["switched_at"] = round(time.time(), 3)
         return result
 
     def reload_and_confirm(self, dials_wanted, timeout):

@@ -13,6 +13,10 @@ to the first one serving again. That covers a service replaced by a rollback (th
 container's stop to the replacement's first passing check) and a service stopped for a backup
 (its stop window) alike. A service seen answering earlier than its next health check (the
 caller asked it) serves again from that moment.
+
+Behind a proxy (blue-green), a service's traffic goes to one compose project at a time, and the
+project that receives it changes at each switch: the service is down while the project in effect
+has no container of it serving (routed_windows).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ DOWN_ACTIONS = ("kill", "die", "health_status: unhealthy")
 HEALTHY = "health_status: healthy"
 
 
-def service_windows(events, running, has_healthcheck, until):
+def service_windows(events, running, has_healthcheck, since=None, expected=()):
     """{service: [(down, up or None)]} from (time, container, service, action) events, oldest first.
 
-    `running` is {container id: service} of containers that serve now and had no event in the
-    window (they served throughout); `has_healthcheck` is {container id: bool} for the containers
-    that exist now (a removed container only ever goes down).
+    `running` is {container id: service} of containers that run now: those with no start, stop or
+    health event in the window served throughout; `has_healthcheck` is {container id: bool}. A service in
+    `expected` that no container serves at `since` is down from then (traffic sent to a project
+    before its containers serve); any other service is only down once a serving container stops.
     """
     up = {}  # service -> containers serving
     first_action = {}
@@ -44,6 +49,9 @@ def service_windows(events, running, has_healthcheck, until):
         if container not in first_action:
             up.setdefault(service, set()).add(container)
     windows, down_since = {}, {}
+    for service in expected:
+        if not up.get(service):
+            down_since[service] = since
     for when, container, service, action in events:
         if service is None:
             continue
@@ -62,6 +70,39 @@ def service_windows(events, running, has_healthcheck, until):
     for service, since in down_since.items():
         windows.setdefault(service, []).append((since, None))
     return windows
+
+
+def routed_windows(windows_by_project, switches, services, since, until):
+    """{service: [(down, up or None)]} for services behind a proxy, from each project's own windows.
+
+    `switches` is [(at, project)] in time order: from `at` the services' traffic goes to that
+    project (the first one's from `since`). Each moment counts against the project in effect then;
+    pieces that meet across a switch are one window.
+    """
+    segments = []
+    for index, (at, project) in enumerate(switches):
+        start = since if index == 0 else max(at, since)
+        end = switches[index + 1][0] if index + 1 < len(switches) else until
+        if end > start:
+            segments.append((start, end, project))
+    routed = {}
+    for service in services:
+        pieces = []
+        for start, end, project in segments:
+            for down, up in windows_by_project.get(project, {}).get(service, []):
+                open_end = up is None and end >= until
+                low, high = max(down, start), min(until if up is None else up, end)
+                if high > low:
+                    pieces.append([low, high, open_end])
+        merged = []
+        for low, high, open_end in sorted(pieces):
+            if merged and low <= merged[-1][1]:
+                merged[-1][1], merged[-1][2] = max(merged[-1][1], high), merged[-1][2] or open_end
+            else:
+                merged.append([low, high, open_end])
+        if merged:
+            routed[service] = [(low, None if open_end else high) for low, high, open_end in merged]
+    return routed
 
 
 def apply_answers(windows, answered):
@@ -95,21 +136,42 @@ def summarize(windows, until):
     return {"seconds": longest, "services": services}
 
 
-def measure(engine, project, since, until, answered=None):
-    """The downtime of a project's services between two epoch times, from the engine's records;
-    `answered` ({service: epoch}) closes a window where the service was seen answering first."""
+def project_windows(engine, project, since, until, expected=()):
+    """(service_windows of one project from the engine, the oldest event time the engine holds)."""
     events, oldest = engine.project_events(project, since, until)
-    with_events = {container for _w, container, _s, _a in events}
-    running, has_healthcheck = {}, {}
+    # A removed container's health check shows in its events only.
+    has_healthcheck = {container: True for _w, container, _s, action in events if action.startswith("health_status")}
+    running = {}
     for container in engine.project_containers(project):
         attrs = container.attrs
         has_healthcheck[container.id] = bool((attrs.get("State") or {}).get("Health"))
         service = (container.labels or {}).get(SERVICE_LABEL)
-        if container.status == "running" and container.id not in with_events:
+        # service_windows takes one whose first event in the window is a start as not serving before it.
+        if container.status == "running":
             running[container.id] = service
-    windows = apply_answers(service_windows(events, running, has_healthcheck, until), answered or {})
+    return service_windows(events, running, has_healthcheck, since, expected), oldest
+
+
+def measure(engine, project, since, until, answered=None, routes=None):
+    """The downtime of a project's services between two epoch times, from the engine's records.
+
+    `answered` ({service: epoch}) closes a window where the service was seen answering first.
+    `routes` ({services, switches: [(at, project)]}) measures those services behind a proxy:
+    against whichever project received their traffic at each moment (routed_windows).
+    """
+    windows, oldest = project_windows(engine, project, since, until)
+    held = [oldest]
+    if routes:
+        by_project = {project: windows}
+        for other in sorted({p for _at, p in routes["switches"]} - {project}):
+            by_project[other], other_oldest = project_windows(engine, other, since, until, routes["services"])
+            held.append(other_oldest)
+        switches = [(since, project), *routes["switches"]]
+        windows = {service: spans for service, spans in windows.items() if service not in routes["services"]}
+        windows.update(routed_windows(by_project, switches, routes["services"], since, until))
+    windows = apply_answers(windows, answered or {})
     result = summarize(windows, until)
     # The engine keeps its last 256 events only: a window older than them may have lost a stop.
-    complete = oldest is not None and oldest <= since
+    complete = all(t is not None and t <= since for t in held)
     result.update(since=round(since, 3), until=round(until, 3), source="engine events", complete=complete)
     return result

@@ -479,5 +479,13 @@ class ProjectHealth:
         )
         if self.params.get("downtime_since") is not None:
             answered = {k: float(v) for k, v in (self.params.get("downtime_answered") or {}).items()}
-            result["downtime"] = measure(self.engine, project, self.params["downtime_since"], time.time(), answered)
+            routes = self.params.get("downtime_routes")
+            if routes:
+                routes = dict(
+                    services=routes["services"],
+                    switches=[(float(s["at"]), s["project"]) for s in routes["switches"]],
+                )
+            result["downtime"] = measure(
+                self.engine, project, self.params["downtime_since"], time.time(), answered, routes
+            )
         return result

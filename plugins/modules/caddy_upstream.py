@@ -179,6 +179,13 @@ reload_seconds:
   returned: when Caddy was reloaded
   type: float
   sample: 0.21
+switched_at:
+  description:
+    - The epoch time (seconds) at which the running config was confirmed to dial the new upstreams,
+      for a downtime measurement (O(stackops.rollback.compose_health#module:downtime_routes)).
+  returned: when Caddy was reloaded
+  type: float
+  sample: 1764633601.312
 """
 
 from ansible_collections.stackops.rollback.plugins.module_utils._caddy import CaddyError, SwitchFailed, UpstreamSwitch

@@ -171,6 +171,38 @@ options:
         next passing health check.
     type: dict
     default: {}
+  downtime_routes:
+    description:
+      - With O(downtime_since), services whose traffic reaches them through a proxy that was switched
+        between compose projects in the window (blue-green). Each moment counts against the project
+        that received the traffic then, and a service is down while that project has none of its
+        containers serving (or has not started them yet).
+      - Before the first switch, O(project_name)'s own containers receive the traffic.
+    type: dict
+    suboptions:
+      services:
+        description: The services behind the proxy.
+        type: list
+        elements: str
+        required: true
+      switches:
+        description:
+          - The switches in time order.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          project:
+            description: The compose project that receives the traffic from O(downtime_routes.switches[].at).
+            type: str
+            required: true
+          at:
+            description:
+              - The epoch time the switch took effect, as
+                M(stackops.rollback.caddy_upstream) returns it in
+                RV(stackops.rollback.caddy_upstream#module:switched_at).
+            type: float
+            required: true
   fail_on_unhealthy:
     description:
       - Fail when the stack is not healthy at the deadline. With V(false), return the verdict in RV(healthy).
@@ -332,6 +364,18 @@ def main():
         fail_on_unhealthy=dict(type="bool", default=True),
         downtime_since=dict(type="float"),
         downtime_answered=dict(type="dict", default={}),
+        downtime_routes=dict(
+            type="dict",
+            options=dict(
+                services=dict(type="list", elements="str", required=True),
+                switches=dict(
+                    type="list",
+                    elements="dict",
+                    required=True,
+                    options=dict(project=dict(type="str", required=True), at=dict(type="float", required=True)),
+                ),
+            ),
+        ),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGS)
     argument_spec.update(profiles=dict(type="list", elements="str"))

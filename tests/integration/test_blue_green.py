@@ -125,6 +125,10 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop):
     listing = shop.info()
     assert listing["current"]["id"] == v1
     assert "rolled back blue-green from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
+    # Measured from the engine's records and Caddy's confirmed switches: within 0.3 s of the probes' 0.
+    details = listing["history"][-1]["details"]
+    assert float(details["downtime_seconds"]) < 0.3 and details["downtime_services"] == {}, details
+    assert "measured from engine events and the switches Caddy confirmed" in result.stdout, result.stdout[-3000:]
 
 
 def test_unhealthy_green_is_removed_and_blue_keeps_serving(bg_shop):

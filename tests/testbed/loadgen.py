@@ -126,3 +126,16 @@ def summarize(samples):
         "rate": round(len(samples) / span, 1) if span else 0.0,
         "errors": sorted({s.error or "HTTP %d" % s.status for s in failed})[:5],
     }
+
+
+def longest_outage(samples):
+    """Seconds of the longest run of failed requests: from the first failure's start to the start of
+    the next request answered (or the last failure's end), 0.0 when none failed."""
+    longest, since = 0.0, None
+    for sample in sorted(samples, key=lambda x: x.started):
+        if not sample.ok:
+            since = sample.started if since is None else since
+            longest = max(longest, sample.ended - since)
+        elif since is not None:
+            longest, since = max(longest, sample.started - since), None
+    return round(longest, 3)

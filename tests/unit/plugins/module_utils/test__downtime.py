@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ansible_collections.stackops.rollback.plugins.module_utils._downtime import (
     apply_answers,
+    measure,
+    routed_windows,
     service_windows,
     summarize,
 )
@@ -11,8 +13,8 @@ from ansible_collections.stackops.rollback.plugins.module_utils._downtime import
 HEALTHY = "health_status: healthy"
 
 
-def windows(events, running=None, healthcheck=None, until=100.0):
-    return service_windows(events, running or {}, healthcheck or {}, until)
+def windows(events, running=None, healthcheck=None):
+    return service_windows(events, running or {}, healthcheck or {})
 
 
 def test_a_replaced_service_is_down_from_the_old_stop_to_the_new_first_passing_check():
@@ -83,3 +85,118 @@ def test_a_service_seen_answering_is_up_from_that_moment():
     # An answer outside every window (before the stop, after the health check) changes nothing.
     assert apply_answers(spans, {"app": 9.0, "db": 6.5}) == spans
     assert apply_answers(spans, {"app": 21.0})["app"] == [(10.0, 12.0), (20.0, 21.0)]
+
+
+def test_a_service_expected_but_not_yet_serving_is_down_from_the_start():
+    events = [(12.0, "g1", "web", "start"), (13.5, "g1", "web", HEALTHY)]
+    assert service_windows(events, {}, {"g1": True}, since=10.0, expected=["web"]) == {"web": [(10.0, 13.5)]}
+    # Not expected: a container that only starts in the window is no downtime.
+    assert service_windows(events, {}, {"g1": True}, since=10.0) == {}
+
+
+# Blue-green behind Caddy: blue (project shop) until 20, green (shop-green) until 40, then the
+# target under the standard name (shop again).
+SWITCHES = [(10.0, "shop"), (20.0, "shop-green"), (40.0, "shop")]
+
+
+def test_a_side_down_while_it_has_no_traffic_is_no_downtime():
+    by_project = {
+        # blue stopped at 25, the target healthy at 35: both while green had the traffic.
+        "shop": {"web": [(25.0, 35.0)]},
+        "shop-green": {},
+    }
+    assert routed_windows(by_project, SWITCHES, ["web"], 10.0, 50.0) == {}
+
+
+def test_traffic_sent_to_a_side_that_does_not_serve_is_downtime():
+    by_project = {
+        "shop": {"web": [(25.0, 35.0)]},
+        # green crashed at 30 and came back at 33, while it had the traffic.
+        "shop-green": {"web": [(30.0, 33.0)]},
+    }
+    assert routed_windows(by_project, SWITCHES, ["web"], 10.0, 50.0) == {"web": [(30.0, 33.0)]}
+
+
+def test_a_switch_before_the_side_serves_counts_until_it_does():
+    by_project = {
+        # the target only passed its health check at 42, two seconds after it got the traffic.
+        "shop": {"web": [(25.0, 42.0)]},
+        "shop-green": {},
+    }
+    assert routed_windows(by_project, SWITCHES, ["web"], 10.0, 50.0) == {"web": [(40.0, 42.0)]}
+
+
+def test_windows_that_meet_across_a_switch_are_one():
+    by_project = {
+        "shop": {"web": [(15.0, None)]},  # blue down at 15, for good
+        "shop-green": {"web": [(10.0, 22.0)]},  # green only serving from 22
+    }
+    assert routed_windows(by_project, [(10.0, "shop"), (20.0, "shop-green")], ["web"], 10.0, 50.0) == {
+        "web": [(15.0, 22.0)]
+    }
+    # Still down at the end: an open window.
+    by_project["shop-green"]["web"] = [(10.0, None)]
+    assert routed_windows(by_project, [(10.0, "shop"), (20.0, "shop-green")], ["web"], 10.0, 50.0) == {
+        "web": [(15.0, None)]
+    }
+
+
+class FakeContainer:
+    def __init__(self, cid, service, status="running", health=True):
+        self.id, self.status = cid, status
+        self.labels = {"com.docker.compose.service": service}
+        self.attrs = {"State": {"Health": {"Status": "healthy"}} if health else {}}
+
+
+class FakeEngine:
+    """Events and containers per project, as Engine.project_events and project_containers give them."""
+
+    def __init__(self, events, containers, oldest=0.0):
+        self.events, self.containers, self.oldest = events, containers, oldest
+
+    def project_events(self, project, since, until):
+        return [e[1:] for e in self.events if e[0] == project and since <= e[1] <= until], self.oldest
+
+    def project_containers(self, project):
+        return self.containers.get(project, [])
+
+
+def blue_green_engine(green_crash=False):
+    events = [
+        ("shop", 25.0, "blue", "web", "kill"),
+        ("shop", 25.2, "blue", "web", "die"),
+        ("shop", 30.0, "target", "web", "start"),
+        ("shop", 35.0, "target", "web", HEALTHY),
+        # Health checks of a container that serves throughout: no start, stop or status change.
+        ("shop-green", 21.0, "green", "web", "exec_create: wget -q -O- http://localhost:8080/health"),
+        ("shop-green", 21.1, "green", "web", "exec_die"),
+    ]
+    if green_crash:
+        events += [("shop-green", 31.0, "green", "web", "die"), ("shop-green", 32.0, "green", "web", "start")]
+    containers = {
+        "shop": [FakeContainer("target", "web"), FakeContainer("db1", "db")],
+        # Green without a health check: it serves again from its start.
+        "shop-green": [FakeContainer("green", "web", health=False)],
+    }
+    return FakeEngine(events, containers)
+
+
+def test_measure_behind_a_proxy_counts_only_the_side_in_effect():
+    routes = {"services": ["web"], "switches": [(20.0, "shop-green"), (40.0, "shop")]}
+    result = measure(blue_green_engine(), "shop", 10.0, 50.0, routes=routes)
+    assert result["seconds"] == 0.0 and result["services"] == {} and result["complete"] is True
+    # Measured without the routes, the same records show blue's stop to the target's check.
+    assert measure(blue_green_engine(), "shop", 10.0, 50.0)["services"]["web"]["seconds"] == 10.0
+
+
+def test_measure_behind_a_proxy_sees_the_side_in_effect_crash():
+    routes = {"services": ["web"], "switches": [(20.0, "shop-green"), (40.0, "shop")]}
+    result = measure(blue_green_engine(green_crash=True), "shop", 10.0, 50.0, routes=routes)
+    assert result["services"]["web"]["windows"] == [{"down": 31.0, "up": 32.0, "seconds": 1.0}]
+
+
+def test_measure_is_incomplete_when_the_engine_lost_older_events():
+    engine = blue_green_engine()
+    engine.oldest = 15.0
+    routes = {"services": ["web"], "switches": [(20.0, "shop-green"), (40.0, "shop")]}
+    assert measure(engine, "shop", 10.0, 50.0, routes=routes)["complete"] is False
