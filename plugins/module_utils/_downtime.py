@@ -79,12 +79,14 @@ def routed_windows(windows_by_project, switches, services, since, until):
     project (the first one's from `since`). Each moment counts against the project in effect then;
     pieces that meet across a switch are one window.
     """
-    segments = []
+    segments, floor = [], since
     for index, (at, project) in enumerate(switches):
-        start = since if index == 0 else max(at, since)
+        # A switch timed before the one it follows (two clocks) starts where that one's ended.
+        start = since if index == 0 else max(at, floor)
         end = switches[index + 1][0] if index + 1 < len(switches) else until
         if end > start:
             segments.append((start, end, project))
+            floor = end
     routed = {}
     for service in services:
         pieces = []

@@ -554,7 +554,7 @@ class Releases:
         archives = []
         if dumped:
             dumps = DatabaseDumps(options, self.engine, databases=databases)
-            dumps.check_dest(dest)
+            dumps.check_dest(dest, "restore_point_dir")
             for decl in dumped:
                 if self.module.check_mode:
                     databases.container(decl["service"], "the online dump")

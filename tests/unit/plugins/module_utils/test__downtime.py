@@ -200,3 +200,11 @@ def test_measure_is_incomplete_when_the_engine_lost_older_events():
     engine.oldest = 15.0
     routes = {"services": ["web"], "switches": [(20.0, "shop-green"), (40.0, "shop")]}
     assert measure(engine, "shop", 10.0, 50.0, routes=routes)["complete"] is False
+
+
+def test_switches_out_of_order_never_count_a_moment_twice():
+    # "c" only serves from 28; the switch to it is timed at 25, before the one to "b" at 30 (two clocks).
+    by_project = {"a": {}, "b": {}, "c": {"web": [(10.0, 28.0)]}}
+    switches = [(10.0, "a"), (30.0, "b"), (25.0, "c")]
+    # "a" had the traffic until 30: c's time before it served is no downtime.
+    assert routed_windows(by_project, switches, ["web"], 10.0, 50.0) == {}
