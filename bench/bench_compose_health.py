@@ -50,7 +50,7 @@ def run_module(args):
 
 def one_run(n):
     work = Path(tempfile.mkdtemp(prefix="bench-health-"))
-    name = testbed.unique_name("bench-health")
+    name = testbed.engine_name("bench-health")
     stack = testbed.ComposeStack(
         work / name, name, COMPOSE.format(app=testbed.IMAGES["APP_IMAGE"], delay=1.5 + 0.3 * n)
     )

@@ -220,7 +220,7 @@ def rollback_field_guide(workdir, name, port, backups, commits):
 
 def one_round(method):
     workdir = Path(tempfile.mkdtemp(prefix="bench-recreate-"))
-    name = testbed.unique_name("bench-rc-%s" % method)
+    name = testbed.engine_name("bench-rc-%s" % method)
     port = testbed.free_port()
     stack = None
     try:

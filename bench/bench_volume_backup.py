@@ -198,8 +198,8 @@ def timed(fn):
 
 def measure(mix, size_mb, work):
     """Every figure of one volume, side by side."""
-    source = testbed.unique_name("bench-vb-src")
-    fresh = {k: testbed.unique_name("bench-vb-" + k) for k in ("ours", "guide", "floor")}
+    source = testbed.engine_name("bench-vb-src")
+    fresh = {k: testbed.engine_name("bench-vb-" + k) for k in ("ours", "guide", "floor")}
     try:
         testbed.run(["docker", "volume", "create", source])
         t_pop, _populated = timed(lambda: populate(source, mix, size_mb))

@@ -94,6 +94,7 @@ class DbWatch:
         self._thread.join()
 
 
+@pytest.mark.smoke
 def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop, monkeypatch):
     # A controller east of UTC: a window opened an hour early would take in the deploys before it.
     monkeypatch.setenv("TZ", "Europe/Berlin")

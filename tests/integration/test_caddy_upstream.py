@@ -54,7 +54,7 @@ def caddy_local(compose_stack, images, tmp_path, host_migrates_queued_connection
         "  green:\n    image: {app}:v2\n    ports: ['127.0.0.1:{green}:8080']\n".format(
             app=images["APP_IMAGE"], blue=blue_port, green=green_port
         ),
-        prefix="caddy-local",
+        prefix="st-caddy-local",
     )
     stack.up(wait=False)
     # Both must answer before Caddy starts: its first active health check (health_uri /health)

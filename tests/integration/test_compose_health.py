@@ -38,7 +38,7 @@ def db_stack(tmp_path_factory, images):
     """One PostgreSQL stack with rows, and one empty, shared by the data checks."""
     stacks = []
     for rows in (3, 0):
-        name = testbed.unique_name("st-health-db")
+        name = testbed.engine_name("st-health-db")
         port = testbed.free_port()
         stack = testbed.ComposeStack(
             tmp_path_factory.mktemp(name) / name,

@@ -155,7 +155,7 @@ def database(request, compose_stack, images):
     engine = request.param
     image = images["POSTGRES_IMAGE"] if engine == "postgres" else images["MARIADB_IMAGE"]
     stack = compose_stack(
-        DB_COMPOSE[engine].format(image=image, password=PASSWORD, busybox=images["BUSYBOX_IMAGE"]), prefix="dump"
+        DB_COMPOSE[engine].format(image=image, password=PASSWORD, busybox=images["BUSYBOX_IMAGE"]), prefix="st-dump"
     )
     stack.up()  # healthy: the image's entrypoint has finished its first start
     db = Database(stack, engine)
@@ -286,7 +286,7 @@ def test_dump_failing_half_way_leaves_no_partial_archive(compose_stack, images, 
         DB_COMPOSE["postgres"].format(
             image=images["POSTGRES_IMAGE"], password=PASSWORD, busybox=images["BUSYBOX_IMAGE"]
         ),
-        prefix="dump-cut",
+        prefix="st-dump-cut",
     )
     stack.up()
     db = Database(stack, "postgres")

@@ -43,6 +43,7 @@ def recap_changed(result):
 
 
 @pytest.mark.serial
+@pytest.mark.smoke
 def test_rollback_to_previous_keeps_every_row_and_is_idempotent(shop, monkeypatch):
     # A controller west of UTC: a window opened hours late would hold no event at all.
     monkeypatch.setenv("TZ", "America/New_York")

@@ -13,7 +13,7 @@ PLAYBOOK = Path(__file__).parent / "playbooks" / "smoke.yml"
 
 @pytest.fixture
 def smoke_vars(tmp_path, images):
-    name = testbed.unique_name("st-smoke")
+    name = testbed.engine_name("st-smoke")
     yield {
         "smoke_project_dir": str(tmp_path),
         "smoke_project_name": name,

@@ -64,7 +64,7 @@ def volumes():
     made = []
 
     def make(populate=None, images=None):
-        name = testbed.unique_name("st-vol")
+        name = testbed.engine_name("st-vol")
         testbed.run(["docker", "volume", "create", name])
         made.append(name)
         if populate:
@@ -169,7 +169,7 @@ def engine_over_tcp():
 def test_mountpoint_that_does_not_qualify_is_refused_saying_why_and_auto_uses_the_engine(
     volumes, compose_stack, images, tmp_path
 ):
-    tmpfs = testbed.unique_name("st-vol-tmpfs")
+    tmpfs = testbed.engine_name("st-vol-tmpfs")
     testbed.run(["docker", "volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", tmpfs])
     try:
         busybox(tmpfs, "echo a > /data/a", images)
@@ -260,7 +260,7 @@ volumes:
         == "true"
     )
 
-    fresh = testbed.unique_name("st-pg-fresh")
+    fresh = testbed.engine_name("st-pg-fresh")
     try:
         restored = testbed.run_module(
             "volume_backup",
@@ -310,7 +310,7 @@ def test_project_backs_up_every_volume(compose_stack, images, tmp_path):
 
 
 def test_missing_volume_is_not_created(tmp_path):
-    name = testbed.unique_name("st-missing")
+    name = testbed.engine_name("st-missing")
     result = backup(name, tmp_path)
     assert result["failed"] and "volume %s does not exist" % name in result["msg"]
     assert testbed.run(["docker", "volume", "inspect", name], check=False).returncode != 0

@@ -97,7 +97,7 @@ def container_proxy(compose_stack, images, tmp_path, single_file, migrate_req=Tr
             mount=mount,
             sysctls=MIGRATE_REQ_SYSCTLS if migrate_req else "",
         ),
-        prefix="caddy",
+        prefix="st-caddy",
     )
     stack.up(wait=False)
     url = "http://127.0.0.1:%d" % port
@@ -238,7 +238,7 @@ class HostCaddy:
         self.url = self.site
         self.admin_url = "http://127.0.0.1:%d" % self.admin
         self.stack = compose_stack(
-            HOST_CADDY_COMPOSE.format(caddy=images["CADDY_IMAGE"], directory=directory), prefix="bg-caddy"
+            HOST_CADDY_COMPOSE.format(caddy=images["CADDY_IMAGE"], directory=directory), prefix="st-bg-caddy"
         )
         self.stack.up(wait=False)
         self.container = self.stack.container_id("caddy")

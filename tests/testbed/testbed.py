@@ -156,8 +156,23 @@ def free_port():
     raise RuntimeError("no free port on 127.0.0.1 in %d-%d after 200 tries" % (low, high))
 
 
+# Every compose project, container and volume the test bed makes is named with one of these
+# prefixes, so that leftovers.py can find what a killed run left behind (and nothing else).
+PREFIXES = ("st-", "bench-")
+
+
 def unique_name(prefix="st"):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+def engine_name(prefix):
+    """unique_name for something made on the engine: its prefix must be one of PREFIXES."""
+    name = unique_name(prefix)
+    if not name.startswith(PREFIXES):
+        raise ValueError(
+            "test bed name %r must start with one of %s (leftovers.py finds them by it)" % (name, PREFIXES)
+        )
+    return name
 
 
 def http_get(url, timeout=2.0):
@@ -268,7 +283,7 @@ class Stacks:
         self.made = []
 
     def __call__(self, yaml, files=None, prefix=None):
-        name = unique_name(prefix or self.default_prefix)
+        name = engine_name(prefix or self.default_prefix)
         stack = ComposeStack(self.work / name, name, yaml, files)
         self.made.append(stack)
         return stack
@@ -404,7 +419,7 @@ def healthy_since(container):
 
 def postgres_rows_in_volume(volume, query="select count(*) from records", database="shop", attempts=60):
     """Start the test bed's PostgreSQL on a data volume (restored from an archive) and run a query: its text."""
-    name = unique_name("st-pg-check")
+    name = engine_name("st-pg-check")
     run(
         [
             "docker",
