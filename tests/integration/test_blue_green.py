@@ -19,8 +19,8 @@ from loadgen import LoadGenerator, summarize
 from proxy import HostCaddy, host_migrates_queued_connections
 from shop import LEDGER, BlueGreenShop, versions_in_order
 
-# Counts failed requests or times health and switches: run alone (make integration's serial part).
-pytestmark = pytest.mark.serial
+# Tests that count failed requests under load are marked serial: they run alone (make integration's
+# serial part), as another test's load would skew the count. The others run beside other tests.
 
 
 @pytest.fixture
@@ -95,6 +95,7 @@ class DbWatch:
 
 
 @pytest.mark.smoke
+@pytest.mark.serial
 def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop, monkeypatch):
     # A controller east of UTC: a window opened an hour early would take in the deploys before it.
     monkeypatch.setenv("TZ", "Europe/Berlin")
@@ -107,8 +108,10 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop, mo
 
     db = DbWatch(shop)
 
+    events = testbed.EngineEventCount()
+
     def watched_rollback():
-        with db:
+        with db, events:
             return shop.rollback()
 
     # The load goes on after the finalize until there are enough samples.
@@ -129,11 +132,22 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop, mo
     assert listing["current"]["id"] == v1
     assert "rolled back blue-green from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
     # Measured from the engine's records and Caddy's confirmed switches: within 0.3 s of the probes' 0.
+    # The engine keeps its last 256 events: when more happened during the run (the test's own health
+    # checks, or other containers on the engine), the report must say its figure is incomplete - and
+    # may say so only then. Either way the verdict does not hang on the engine being quiet.
     details = listing["history"][-1]["details"]
-    assert float(details["downtime_seconds"]) < 0.3 and details["downtime_services"] == {}, details
-    assert "measured from engine events and the switches Caddy confirmed" in result.stdout, result.stdout[-3000:]
+    if "measured from engine events, incomplete" in result.stdout:
+        assert events.count > testbed.ENGINE_EVENTS_KEPT, (
+            "the report calls the measurement incomplete, but the engine emitted only %d events during the "
+            "whole run (it keeps %d)" % (events.count, testbed.ENGINE_EVENTS_KEPT)
+        )
+        print("downtime not checked: %d engine events during the run, the report says incomplete" % events.count)
+    else:
+        assert "measured from engine events and the switches Caddy confirmed" in result.stdout, result.stdout[-3000:]
+        assert float(details["downtime_seconds"]) < 0.3 and details["downtime_services"] == {}, details
 
 
+@pytest.mark.serial
 def test_unhealthy_green_is_removed_and_blue_keeps_serving(bg_shop):
     shop = bg_shop
     broken = shop.deploy_unrecorded_broken()
@@ -157,6 +171,7 @@ def test_unhealthy_green_is_removed_and_blue_keeps_serving(bg_shop):
     assert shop.info()["current"]["id"] == v2
 
 
+@pytest.mark.serial
 def test_target_not_answering_through_caddy_switches_back_to_blue(bg_shop):
     shop = bg_shop
     shop.deploy("v1")

@@ -290,7 +290,6 @@ def bg_db_shop(request, compose_stack, images, free_port, tmp_path):
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
-@pytest.mark.serial
 def test_blue_green_compatible_proceeds_incompatible_refuses(bg_db_shop):
     shop = bg_db_shop
     shop.deploy("v1")

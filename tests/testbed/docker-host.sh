@@ -87,7 +87,7 @@ start_engine() {
     log "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
     # setsid: the daemon must outlive this script and the make that called it.
-    setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+    setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null 9>&- &
     local pid=$! i
     for i in $(seq 1 60); do
         if docker info >/dev/null 2>&1; then
@@ -137,7 +137,7 @@ http:
   addr: $REGISTRY
 CFG
     log "starting docker-registry on $REGISTRY"
-    setsid docker-registry serve "$REGISTRY_DIR/config.yml" >"$REGISTRY_DIR/registry.log" 2>&1 </dev/null &
+    setsid docker-registry serve "$REGISTRY_DIR/config.yml" >"$REGISTRY_DIR/registry.log" 2>&1 </dev/null 9>&- &
     local i
     for i in $(seq 1 30); do
         if curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then

@@ -462,3 +462,32 @@ def remove_volume(name):
 
 def have(cmd):
     return shutil.which(cmd) is not None
+
+
+# The engine keeps its last 256 events only (moby's events buffer); a downtime measured from
+# them is incomplete once more happened since its window opened.
+ENGINE_EVENTS_KEPT = 256
+
+
+class EngineEventCount:
+    """Counts every event the engine emits while the block runs (a live stream: not limited to the
+    256 the engine keeps), at most max_seconds. `count` after the block."""
+
+    def __init__(self, max_seconds=600):
+        self.max_seconds = max_seconds
+        self.count = None
+
+    def __enter__(self):
+        until = int(time.time()) + self.max_seconds
+        self._proc = subprocess.Popen(
+            ["docker", "events", "--until", str(until), "--format", "{{.TimeNano}}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        return self
+
+    def __exit__(self, *exc):
+        self._proc.terminate()
+        out, _err = self._proc.communicate(timeout=30)
+        self.count = len(out.split())
