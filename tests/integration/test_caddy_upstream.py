@@ -15,8 +15,9 @@ import pytest
 import testbed
 from proxy import CADDYFILE, Proxy, admin_dials, container_proxy, running_dials_in, switch_under_load
 
-# Counts failed requests or times health and switches: run alone (make integration's serial part).
-pytestmark = pytest.mark.serial
+# Tests that count failed requests under load, or read a kernel setting of the host's network
+# namespace that other tests change, are marked serial: they run alone (make integration's serial
+# part). The others (bad input, a switch's report) run beside other tests.
 
 
 @pytest.fixture
@@ -111,6 +112,7 @@ def module_switch(proxy):
 # Caddy 2.11 on the host is switched in test_caddy_2_11_on_the_host_switches, not under load: with
 # net.ipv4.tcp_migrate_req=1 it still reset 1 of 2,783 connections in one of two runs (open question).
 @pytest.mark.parametrize("fixture", ["caddy_container", "caddy_single_file"])
+@pytest.mark.serial
 def test_switching_back_and_forth_under_load_fails_no_request(fixture, request):
     proxy = request.getfixturevalue(fixture)
     original = proxy.caddyfile.read_text()
@@ -146,6 +148,7 @@ def test_switch_reports_previous_upstreams_diff_and_is_idempotent(caddy_containe
     assert not again["changed"] and not again["reloaded"] and not again["written"], again
 
 
+@pytest.mark.serial
 def test_reports_whether_a_reload_keeps_queued_connections(caddy_container, caddy_resetting_reloads):
     kept = caddy_container.switch(["green:8080"])
     assert kept["reload_keeps_queued_connections"] is True, kept
@@ -172,6 +175,7 @@ def test_file_right_but_caddy_running_old_config_is_reloaded(caddy_container):
     assert proxy.served() == "v2"
 
 
+@pytest.mark.serial
 def test_caddy_2_11_on_the_host_switches(caddy_local):
     proxy = caddy_local
     green = [u for u, v in proxy.version_of.items() if v == "v2"]

@@ -7,8 +7,8 @@ import time
 import pytest
 import testbed
 
-# Counts failed requests or times health and switches: run alone (make integration's serial part).
-pytestmark = pytest.mark.serial
+# Tests that time the verdict are marked serial: they run alone (make integration's serial part),
+# as another test's load would skew the time. The others run beside other tests.
 
 APP = """\
 services:
@@ -106,6 +106,7 @@ def test_missing_service_is_named(db_stack):
     assert result["failed"] and "worker" in result["msg"] and "not in project" in result["msg"]
 
 
+@pytest.mark.serial
 def test_exited_container_fails_fast(compose_stack, images, free_port):
     stack = app_stack(compose_stack, images, free_port(), {"APP_CRASH_ON_START": "1"})
     stack.up(wait=False)
@@ -144,6 +145,7 @@ def test_http_5xx_is_reported(compose_stack, images, free_port):
     assert "/health: answered 500, expected 200" in result["msg"], result["msg"]
 
 
+@pytest.mark.serial
 def test_health_still_starting_at_the_deadline_fails(compose_stack, images, free_port):
     stack = app_stack(compose_stack, images, free_port(), {"APP_START_DELAY": "60"})
     stack.up(wait=False)
@@ -151,6 +153,7 @@ def test_health_still_starting_at_the_deadline_fails(compose_stack, images, free
     assert result["failed"] and "health check still starting" in result["msg"]
 
 
+@pytest.mark.serial
 def test_slow_start_within_the_timeout_passes(compose_stack, images, free_port):
     port = free_port()
     # Long enough that the module (started a second or two after `up` under load) still waits.
@@ -200,6 +203,7 @@ def test_one_shot_service_may_exit_zero_when_listed(compose_stack, images, free_
     assert allowed["healthy"], allowed
 
 
+@pytest.mark.serial
 def test_verdict_within_one_interval_of_healthy(compose_stack, images, free_port):
     """The container turns healthy at a time Docker records; the verdict follows within an interval."""
     port = free_port()
