@@ -8,7 +8,10 @@ import pytest
 import testbed
 
 # Tests that time the verdict are marked serial: they run alone (make integration's serial part),
-# as another test's load would skew the time. The others run beside other tests.
+# as another test's load would skew the time. So are those on db_stack: PostgreSQL logs "FATAL: the
+# database system is starting up" when a health probe reaches it early, which a start slowed by
+# other tests' load makes likely, and the log check reads each log from its container's start
+# (seen once in the parallel part). The others run beside other tests.
 
 APP = """\
 services:
@@ -78,6 +81,7 @@ PSQL_COUNT = {
 }
 
 
+@pytest.mark.serial
 def test_healthy_stack_passes_every_kind_of_check(db_stack):
     port = int(db_stack[0].ps()[0]["Publishers"][0]["PublishedPort"] or 0) or None
     app = next(e for e in db_stack[0].ps() if e["Service"] == "app")
@@ -95,12 +99,14 @@ def test_healthy_stack_passes_every_kind_of_check(db_stack):
     assert checked["healthy"], checked
 
 
+@pytest.mark.serial
 def test_spot_check_fails_on_an_empty_database(db_stack):
     result = health(db_stack[1], timeout=3, exec=[PSQL_COUNT])
     assert result["failed"] and not result["healthy"]
     assert "exec in db: psql" in result["msg"] and "does not match" in result["msg"]
 
 
+@pytest.mark.serial
 def test_missing_service_is_named(db_stack):
     result = health(db_stack[0], services=["app", "worker"])
     assert result["failed"] and "worker" in result["msg"] and "not in project" in result["msg"]
