@@ -5,9 +5,10 @@ projects, containers, volumes, networks, Molecule hosts and ledger entries. They
 ports, fill the engine's event log with their health checks and make the next run fail, so
 `make testbed` removes them first. Only the test bed's own names are touched: every name the
 tests and benchmarks make starts with one of testbed.PREFIXES (engine_name enforces it), the
-Molecule hosts with MOLECULE_HOST_PREFIX. Nothing else on the engine is looked at twice.
+Molecule hosts with MOLECULE_HOST_PREFIX; nothing else on the engine is touched.
 
-Run it while no test bed run is going on: it cannot tell a killed run from a live one.
+It cannot tell a killed run from a live one: `make testbed` runs it under scripts/testbed-lock,
+so no other run is going on then.
 """
 
 from __future__ import annotations

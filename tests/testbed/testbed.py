@@ -478,16 +478,30 @@ class EngineEventCount:
         self.count = None
 
     def __enter__(self):
-        until = int(time.time()) + self.max_seconds
+        now = time.time()
+        # To a file, not a pipe: nobody reads while the block runs, and a full pipe would stall the
+        # stream on a busy engine.
+        self._out = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            ["docker", "events", "--until", str(until), "--format", "{{.TimeNano}}"],
-            stdout=subprocess.PIPE,
+            # --since as well: with --until alone the engine first replays the events it keeps.
+            [
+                "docker",
+                "events",
+                "--since",
+                "%.6f" % now,
+                "--until",
+                str(int(now) + self.max_seconds),
+                "--format",
+                "{{.TimeNano}}",
+            ],
+            stdout=self._out,
             stderr=subprocess.DEVNULL,
-            text=True,
         )
         return self
 
     def __exit__(self, *exc):
         self._proc.terminate()
-        out, _err = self._proc.communicate(timeout=30)
-        self.count = len(out.split())
+        self._proc.wait(timeout=30)
+        with self._out:
+            self._out.seek(0)
+            self.count = len(self._out.read().split())
