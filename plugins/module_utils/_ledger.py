@@ -48,6 +48,10 @@ RELEASE_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ROLLBACK_EVENTS = ("rollback",)
 DEPLOY_EVENTS = ("deploy",)
+# Events that change what a project runs for good. A failed rollback (put back or not) is
+# recorded for the audit but never becomes `current` or `previous`.
+SETTLED_EVENTS = DEPLOY_EVENTS + ROLLBACK_EVENTS
+FAILED_EVENTS = ("failed_rollback",)
 
 
 class LedgerError(Exception):
@@ -287,8 +291,17 @@ class Ledger:
         self.ensure_dirs()
         append_json_line(self.audit_path, dict(entry, project=self.project))
 
+    def settled_history(self):
+        """The deploys and rollbacks, oldest first: the events that decide `current` and `previous`."""
+        return [e for e in self.history() if e.get("event") in SETTLED_EVENTS]
+
+    def failed_history(self):
+        """The failed rollbacks, oldest first; each records what ran once it had failed."""
+        return [e for e in self.history() if e.get("event") in FAILED_EVENTS]
+
     def current_id(self):
-        events = self.history()
+        """The release of the latest deploy or rollback (a failed rollback never counts)."""
+        events = self.settled_history()
         return events[-1]["release"] if events else None
 
     def previous_id(self, deployed_now=None):
@@ -300,7 +313,7 @@ class Ledger:
         without being recorded, and counts as the most recent deploy.
         """
         deployed = []
-        events = self.history()
+        events = self.settled_history()
         if deployed_now and (not events or events[-1]["release"] != deployed_now):
             events.append({"event": "deploy", "release": deployed_now})
         for event in events:

@@ -102,7 +102,9 @@ options:
     description:
       - What the recorded state is the result of, for O(state=present).
       - V(rollback) and V(failed_rollback) events also go to the host's audit log.
-      - V(failed_rollback) records an attempt that failed and was put back; it does not change the current release.
+      - V(failed_rollback) records what runs once a rollback has failed, put back or not. It never becomes
+        the current or the previous release; M(stackops.rollback.compose_release_info) lists these events
+        apart.
     type: str
     choices: [deploy, rollback, failed_rollback]
     default: deploy

@@ -94,7 +94,9 @@ releases:
   type: list
   elements: dict
 current:
-  description: The release of the most recent event, or V(null).
+  description:
+    - The release of the most recent deploy or rollback, or V(null).
+    - A failed rollback never becomes current, whatever ran once it had failed; see RV(failed_rollbacks).
   returned: success
   type: dict
 previous:
@@ -102,7 +104,17 @@ previous:
   returned: success
   type: dict
 history:
-  description: Events, oldest first (C(event), C(release), C(time), C(version), C(details)).
+  description:
+    - Every event, oldest first (C(event), C(release), C(time), C(version), C(details)), failed
+      rollbacks included.
+  returned: success
+  type: list
+  elements: dict
+failed_rollbacks:
+  description:
+    - The failed rollbacks, oldest first, apart from the deploys and rollbacks that decide
+      RV(current) and RV(previous). C(release) is what ran once the attempt had failed (the
+      release put back, or what a failed revert left); C(details) says what happened.
   returned: success
   type: list
   elements: dict
@@ -186,6 +198,7 @@ def releases_info(module, engine):
         "current": summary(by_id.get(current_id)),
         "previous": summary(by_id.get(previous_id)),
         "history": ledger.history(),
+        "failed_rollbacks": ledger.failed_history(),
         "lock": ledger.lock_holder(),
     }
     deployed_id = None

@@ -127,6 +127,22 @@ def v1_digest(run_module, stack, release_id):
     return next(r for r in listing["releases"] if r["id"] == release_id)["services"]["app"]["repo_digest"]
 
 
+def test_a_failed_rollback_never_becomes_current_or_previous(run_module, app_stack):
+    # deploy v1, deploy v2, then a rollback that failed and whose revert left v3 running
+    v1 = record(run_module, app_stack, version="v1")["release_id"]
+    deploy(app_stack, "v2")
+    v2 = record(run_module, app_stack, version="v2")["release_id"]
+    deploy(app_stack, "v3")
+    failed = record(run_module, app_stack, event="failed_rollback", version="v3")
+    assert failed["changed"], failed
+    listing = info(run_module, app_stack, target="current")
+    assert (listing["current"]["id"], listing["previous"]["id"]) == (v2, v1), listing
+    assert listing["target"]["id"] == v2, "a rollback to current would go to the failed state"
+    failed_events = [(e["event"], e["release"]) for e in listing["failed_rollbacks"]]
+    assert failed_events == [("failed_rollback", failed["release_id"])]
+    assert [e["event"] for e in listing["history"]] == ["deploy", "deploy", "failed_rollback"]
+
+
 def test_git_ref_resolves_to_the_release_recorded_from_it(run_module, app_stack):
     git = ["git", "-C", str(app_stack.dir), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "init", "-q"], check=True)

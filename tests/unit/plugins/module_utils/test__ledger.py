@@ -116,3 +116,23 @@ def test_only_a_clean_release_belongs_to_a_commit(tmp_path):
         ledger.store_release({"id": rid, "files": [], "created": created, "git": git}, {})
     assert ledger.find_by_commit("c1")["id"] == "bbbbbbbbbbbb"
     assert ledger.find_by_commit("c2") is None
+
+
+@pytest.mark.parametrize(
+    ("history", "current", "previous"),
+    [
+        # deploy v1, deploy v2, a rollback that failed and was put back: v2 is still current.
+        (events(("deploy", "v1"), ("deploy", "v2"), ("failed_rollback", "v2")), "v2", "v1"),
+        # A failed revert recorded what it left running: that never becomes current or previous.
+        (events(("deploy", "v1"), ("deploy", "v2"), ("failed_rollback", "broken")), "v2", "v1"),
+        (events(("deploy", "v1"), ("deploy", "v2"), ("rollback", "v1"), ("failed_rollback", "broken")), "v1", "v1"),
+        (events(("failed_rollback", "broken")), None, None),
+    ],
+)
+def test_a_failed_rollback_is_never_current_or_previous(tmp_path, history, current, previous):
+    ledger = Ledger(str(tmp_path), "shop")
+    for event in history:
+        ledger.append_event(event)
+    assert (ledger.current_id(), ledger.previous_id()) == (current, previous)
+    assert ledger.failed_history() == [e for e in history if e["event"] == "failed_rollback"]
+    assert ledger.settled_history() == [e for e in history if e["event"] != "failed_rollback"]
