@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import testbed
 from shop import LEDGER, RecreateShop
+from writer import RowWriter
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
@@ -171,8 +172,10 @@ def db_started_at(shop):
 
 @pytest.mark.serial
 def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
-    """recreate_backup_method auto: the database is dumped while it serves, never stopped; the
-    revert of a target that fails verification loads the dump back, its row counts checked."""
+    """recreate_backup_method auto: the database is dumped while it serves, never stopped; with
+    recreate_revert_data always, the revert of a target that fails verification loads the dump
+    back, its row counts checked, after a safety dump of what it replaces, and says which writes
+    it did not carry over."""
     shop.databases = testbed.SHOP_DATABASES["postgres"]
     shop.deploy("v1")
     shop.write("row 1")
@@ -181,6 +184,7 @@ def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     started = db_started_at(shop)
     failing = shop.rollback(
         recreate_databases=shop.databases,
+        recreate_revert_data="always",
         recreate_health_timeout=20,  # the revert's verification too (see the test above)
         recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
     )
@@ -191,12 +195,16 @@ def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     )
     assert "Load each database's dump back" in failing.stdout and "db/shop" in failing.stdout
     assert "put back on release %s" % v2 in failing.stdout
+    assert "because recreate_revert_data is always: writes made between" in failing.stdout, failing.stdout[-4000:]
     assert shop.version() == "v2" and shop.rows() == ["row 1", "row 2"]
     dumps = sorted(shop.backups.glob("db-shop-*.sql.zst"))
     assert dumps, sorted(p.name for p in shop.backups.iterdir())
     manifest = json.loads(Path(str(dumps[0]) + ".manifest.json").read_text())
     assert manifest["kind"] == "dump" and manifest["rows"]["records"] == 2, manifest
     assert not list(shop.backups.glob("*_dbdata-*.tar*")), "the database's volume was copied as well"
+    details = shop.audit()[-1]["details"]
+    assert details["safety_archives"] and all(Path(a).exists() for a in details["safety_archives"]), details
+    assert all(a in failing.stdout for a in details["safety_archives"]), "the report does not name the safety dump"
 
     result = shop.rollback(recreate_databases=shop.databases)
     assert_ok(result)
@@ -204,6 +212,37 @@ def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     details = shop.info()["history"][-1]["details"]
     assert set(details["downtime_services"]) == {"app"}, details
     assert db_started_at(shop) == started, "the database was restarted"
+
+
+@pytest.mark.serial
+def test_revert_keeps_every_row_written_during_the_rollback(shop):
+    """The database declared, the same schema in both releases, a target whose web cannot start,
+    a client writing a numbered row every 40 ms all through: the rollback did not change the data,
+    so the revert leaves it as it is and no row the database acknowledged is lost."""
+    shop.databases = testbed.SHOP_DATABASES["postgres"]
+    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=0\n")
+    shop.deploy("v1")
+    compose = shop.dir / "compose.yml"
+    compose.write_text(compose.read_text().replace("./app-extra.env", "./app-v2-extra.env"))
+    v2 = shop.deploy("v2")
+    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
+
+    with RowWriter(shop.stack.container_id("db")) as writer:
+        testbed.wait_for(lambda: len(writer.acknowledged) >= 10, timeout=30, what="the writer's first rows")
+        before = len(writer.acknowledged)
+        result = shop.rollback(recreate_databases=shop.databases, recreate_health_timeout=20)
+        during = len(writer.acknowledged) - before
+        testbed.wait_for(lambda: len(writer.acknowledged) >= before + during + 10, timeout=30, what="rows after")
+    lost = writer.lost()
+    assert lost == [], "acknowledged rows lost: %d of %d" % (len(lost), len(writer.acknowledged))
+    assert during >= 100, "too few rows written during the rollback to tell: %d" % during
+    assert result.returncode != 0 and "FAILED at step 'start'" in result.stdout, result.stdout[-4000:]
+    assert "put back on release %s and it serves again (verified)" % v2 in result.stdout
+    assert "Data: left as it was, with every write made during the rollback" in result.stdout
+    assert shop.version() == "v2"
+    record = shop.audit()[-1]
+    assert record["event"] == "failed_rollback" and record["details"]["reverted_healthy"] in (True, "True"), record
+    assert shop.info()["current"]["id"] == v2
 
 
 def test_second_rollback_of_the_same_project_is_refused(shop):

@@ -196,6 +196,16 @@ def http_post(url, body, timeout=5.0):
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
+def wait_for(condition, timeout, what, interval=0.1):
+    """Wait until condition() is true; fail naming what did not happen within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError("%s: not within %ss" % (what, timeout))
+
+
 def wait_http(url, expect_status=200, body_contains=None, timeout=60.0, interval=0.25):
     deadline = time.monotonic() + timeout
     last = None

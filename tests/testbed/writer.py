@@ -1,0 +1,104 @@
+"""A client that writes numbered rows into a PostgreSQL database all through a rollback.
+
+Each row is acknowledged when the database returns its number from INSERT ... RETURNING, so
+`acknowledged` holds exactly the rows the database promised to keep. A check after the rollback
+compares them with the rows the table holds: a row acknowledged and gone is lost data. When the
+database goes away for a moment (a restart, a restore), the client opens a new session and goes
+on. Bounded: one row per `interval`, at most `max_rows`, for at most `max_seconds`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+
+TABLE = "numbered_writes"
+
+
+class RowWriter:
+    def __init__(self, container, database="shop", user="postgres", interval=0.04, max_rows=3000, max_seconds=180):
+        self.container = container
+        self.argv = ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-U", user, "-d", database]
+        self.interval = interval
+        self.max_rows = max_rows
+        self.max_seconds = max_seconds
+        self.acknowledged = set()
+        self.sent = 0
+        self.sessions = 0
+        self.first_ack_at = None
+        self.last_ack_at = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def create_table(self):
+        sql = "CREATE TABLE IF NOT EXISTS %s (n integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())" % TABLE
+        subprocess.run([*self.argv, "-c", sql], check=True, capture_output=True, timeout=30)
+
+    def rows(self):
+        """The numbers the table holds now."""
+        out = subprocess.run(
+            [*self.argv, "-c", "SELECT n FROM %s ORDER BY n" % TABLE], check=True, capture_output=True, timeout=30
+        ).stdout.decode()
+        return {int(line) for line in out.split() if line.strip().isdigit()}
+
+    def start(self):
+        self.create_table()
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def lost(self):
+        """Rows the database acknowledged that it no longer holds."""
+        return sorted(self.acknowledged - self.rows())
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _read_acks(self, stream):
+        for line in stream:
+            text = line.decode(errors="replace").strip()
+            if text.isdigit():
+                now = time.monotonic()
+                self.acknowledged.add(int(text))
+                self.first_ack_at = self.first_ack_at or now
+                self.last_ack_at = now
+
+    def _run(self):
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_rows:
+            session = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            self.sessions += 1
+            reader = threading.Thread(target=self._read_acks, args=(session.stdout,), daemon=True)
+            reader.start()
+            try:
+                while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_rows:
+                    if session.poll() is not None:
+                        break
+                    self.sent += 1
+                    statement = "INSERT INTO %s (n) VALUES (%d) RETURNING n;\n" % (TABLE, self.sent)
+                    session.stdin.write(statement.encode())
+                    session.stdin.flush()
+                    self._stop.wait(self.interval)
+            except OSError:
+                pass  # the session ended under us (BrokenPipeError): the loop opens a new one
+            finally:
+                with contextlib.suppress(OSError):
+                    session.stdin.close()
+                try:
+                    session.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    session.kill()
+                    session.wait()
+                reader.join(timeout=10)
+            # The database is away (stopped, restarting): try a new session shortly.
+            self._stop.wait(0.2)
