@@ -6,7 +6,9 @@
 
 A lock's holder is a play on some controller. Only the controller can tell whether that play's
 process still runs, so this plugin adds the controller's name and process id to the lock, and
-when the lock is held by a process of this controller that no longer exists, takes it over.
+when the lock is held by a process of this controller that no longer exists, takes it over at
+once. Any other holder is waited for (the module's wait_timeout): until it releases the lock, or
+its lease ends, which is how a run that died on another controller is taken over.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ class ActionModule(ActionBase):
         # Task workers are forked from the ansible-playbook process: its pid outlives them all.
         args.setdefault("controller", controller)
         args.setdefault("controller_pid", os.getppid())
-        answer = self._execute_module("stackops.rollback.rollback_lock", module_args=args, task_vars=task_vars)
+        # Ask once without waiting: a holder that died on this controller is taken over at once.
+        wait_timeout = args.get("wait_timeout") or 0
+        first = dict(args, wait_timeout=0) if args.get("state", "present") == "present" else args
+        answer = self._execute_module("stackops.rollback.rollback_lock", module_args=first, task_vars=task_vars)
         holder = answer.get("holder") or {}
         if (
             answer.get("lock_held")
@@ -54,5 +59,8 @@ class ActionModule(ActionBase):
                     controller,
                     holder.get("phase", "unknown"),
                 )
+        elif answer.get("lock_held") and wait_timeout:
+            # A live holder, or one on another controller: wait for it, or for its lease to end.
+            answer = self._execute_module("stackops.rollback.rollback_lock", module_args=args, task_vars=task_vars)
         result.update(answer)
         return result

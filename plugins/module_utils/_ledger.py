@@ -23,6 +23,7 @@ deployed state twice gives the same id and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -31,6 +32,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 
 from ansible_collections.stackops.rollback.plugins.module_utils._files import append_json_line, atomic_write, read_bytes
 
@@ -61,25 +63,40 @@ class LedgerError(Exception):
 class LockHeld(LedgerError):
     """Another run holds the project's lock; `holder` is its record."""
 
-    def __init__(self, ledger, holder):
+    def __init__(self, ledger, holder, waited=None):
         self.holder = holder
+        plan = holder.get("plan") or {}
+        expires = holder.get("lease_expires")
         super().__init__(
-            "another rollback holds the lock of project %s: %s (since %s, controller %s pid %s, lock file %s). "
-            "Wait for it to finish; if it died on another controller, remove the lock with "
-            "stackops.rollback.rollback_lock state=absent force=true"
+            "another rollback holds the lock of project %s%s: %s, on controller %s (pid %s), host %s, since %s%s%s. "
+            "Lock file %s. If that run died, a later run takes the lock over once its lease has ended; to clear it "
+            "now: ansible <this host> -b -m stackops.rollback.rollback_lock -a 'project=%s token=clear state=absent "
+            "force=true'"
             % (
                 ledger.project,
+                " (waited %ss)" % waited if waited is not None else "",
                 holder.get("holder", "?"),
-                holder.get("since", "?"),
                 holder.get("controller", "?"),
                 holder.get("controller_pid", "?"),
+                holder.get("host", "?"),
+                holder.get("since", "?"),
+                "; plan: %s from release %s to %s, phase %s"
+                % (holder.get("strategy", "?"), plan.get("from", "?"), plan.get("to", "?"), holder.get("phase", "?"))
+                if plan
+                else "",
+                "; lease ends %s" % utc_stamp_of(expires) if isinstance(expires, (int, float)) else "",
                 ledger.lock_path,
+                ledger.project,
             )
         )
 
 
 def utcnow():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_stamp_of(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sha256_bytes(data):
@@ -340,6 +357,9 @@ class Ledger:
         return found
 
     # -- lock ------------------------------------------------------------------------------
+    # The holder renews a lease each time it writes the lock (taking it, noting a phase). A lock
+    # whose lease ended more than its grace ago belongs to a run that died, on whatever
+    # controller (an AWX job's container is gone with its process table): any run takes it over.
     def lock_holder(self):
         try:
             with open(self.lock_path) as fh:
@@ -347,26 +367,89 @@ class Ledger:
         except OSError:
             return None
         except ValueError:
-            return {"holder": "unknown (damaged lock file %s)" % self.lock_path}
+            # Created but never written (a crash or a full disk right after O_EXCL), or damaged.
+            try:
+                mtime = os.stat(self.lock_path).st_mtime
+            except OSError:
+                return None
+            return {
+                "holder": "unknown (empty or damaged lock file %s)" % self.lock_path,
+                "damaged": True,
+                "mtime": mtime,
+            }
 
-    def acquire(self, holder, takeover_token=None):
+    @staticmethod
+    def lease_expired(record, now, grace):
+        """Whether a lock record's lease ended more than `grace` seconds before `now`.
+
+        A damaged or empty lock file counts from its last write; a record without a lease
+        (written by an older release) never expires by time.
+        """
+        if record.get("damaged"):
+            return now > float(record.get("mtime") or 0) + grace
+        expires = record.get("lease_expires")
+        if not isinstance(expires, (int, float)):
+            return False
+        return now > expires + grace
+
+    def acquire(self, holder, takeover_token=None, lease=None, grace=0, now=None):
         """Take the project's lock; raise LockHeld naming the holder when it is taken.
 
-        Returns (changed, record taken over or None). The same token taking the lock again
-        changes nothing; `takeover_token` replaces a lock whose holder is known to be dead,
-        and the dead run's record (its plan and phase) is returned so the new run can resume.
+        Returns (changed, record taken over or None). The same token taking the lock again renews
+        its lease and changes nothing else; a lock held by `takeover_token` (a run known to be
+        dead) or whose lease ended more than `grace` seconds ago is taken over, and the dead run's
+        record (its plan and phase) is returned so the new run can finish or undo its work.
         """
         self.ensure_dirs()
+        now = time.time() if now is None else now
         data = dict(holder, host=socket.gethostname(), since=utcnow())
+        if lease:
+            data.update(lease_seconds=lease, lease_expires=round(now + lease, 3))
         current = self.lock_holder()
         if current is not None:
             if current.get("token") and current.get("token") == holder.get("token"):
-                return False, None  # ours already: a re-run of the same play
-            if not (takeover_token and current.get("token") == takeover_token):
+                # Ours already: a re-run of the same play, or a renewal.
+                if lease:
+                    self._write_lock(dict(current, lease_seconds=lease, lease_expires=data["lease_expires"]))
+                return False, None
+            if takeover_token and current.get("token") == takeover_token:
+                pass
+            elif not self.lease_expired(current, now, grace):
                 raise LockHeld(self, current)
-            data["resumes"] = {k: v for k, v in current.items() if k != "resumes"}
-            self._write_lock(data)
-            return True, current
+            taken = self._take_over(current)
+            data["resumes"] = {k: v for k, v in taken.items() if k != "resumes"}
+            self._create_lock(data)
+            return True, taken
+        self._create_lock(data)
+        return True, None
+
+    def _take_over(self, judged):
+        """Move the lock judged dead aside, atomically: of two runs taking it over, one wins."""
+        aside = "%s.taken-%s" % (self.lock_path, os.getpid())
+        try:
+            os.rename(self.lock_path, aside)
+        except FileNotFoundError:
+            raise LockHeld(self, self.lock_holder() or {"holder": "another run taking it over"}) from None
+        try:
+            taken = self.lock_holder_at(aside)
+            if taken != judged and not taken.get("damaged"):
+                # The holder renewed it between our read and the move: it lives. Put it back.
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.lock_path)
+                raise LockHeld(self, taken)
+            return taken
+        finally:
+            os.unlink(aside)
+
+    def lock_holder_at(self, path):
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return {"holder": "unknown (empty or damaged lock file %s)" % self.lock_path, "damaged": True}
+
+    def _create_lock(self, data):
+        """Create the lock file exclusively, written in full and synced."""
         try:
             fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -375,10 +458,10 @@ class Ledger:
             json.dump(data, fh, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
-        return True, None
 
-    def update_lock(self, token, data):
-        """Merge data (the plan, the phase reached) into the lock this token holds."""
+    def update_lock(self, token, data, now=None):
+        """Merge data (the plan, the phase reached) into the lock this token holds and renew its
+        lease; True when the data changed."""
         current = self.lock_holder()
         if current is None or current.get("token") != token:
             raise LedgerError(
@@ -387,10 +470,13 @@ class Ledger:
             )
         merged = dict(current)
         merged.update(data)
-        if merged == current:
-            return False
-        self._write_lock(merged)
-        return True
+        changed = merged != current
+        if isinstance(current.get("lease_seconds"), (int, float)):
+            now = time.time() if now is None else now
+            merged["lease_expires"] = round(now + current["lease_seconds"], 3)
+        if merged != current:
+            self._write_lock(merged)
+        return changed
 
     def _write_lock(self, data):
         atomic_write(self.lock_path, (json.dumps(data, sort_keys=True)).encode(), 0o600)

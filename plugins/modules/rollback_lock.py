@@ -12,11 +12,14 @@ short_description: Take, update or release the per-project rollback lock on a ho
 version_added: 1.0.0
 description:
   - Makes sure only one rollback works on a compose project of a host at a time. The lock is a
-    file in the release ledger, created exclusively; a second rollback fails with a message that
-    names the holder, its controller and process, and since when it holds the lock.
+    file in the release ledger, created exclusively. A second run waits up to O(wait_timeout)
+    seconds for it, then fails with a message that names the holder, its controller and process,
+    its host, since when it holds the lock, its plan and phase, and the command that clears it.
   - The lock also records the run's plan and the phase it reached (O(data)). When a run dies, the
-    next run on the same controller sees that the holder's process is gone, takes the lock over,
-    and gets the dead run's record back in RV(resumed) so it can finish or undo its work.
+    next run takes the lock over and gets the dead run's record back in RV(resumed) so it can
+    finish or undo its work - at once on the same controller, where the holder's process is seen
+    to be gone; from any controller once the holder's lease (O(lease)) ended O(grace) seconds ago,
+    as under AWX, where each job runs in a new container.
   - The same O(token) taking the lock again succeeds without change, so a re-run of the same play
     is not locked out by itself.
 author:
@@ -29,7 +32,7 @@ attributes:
     support: full
     details:
       - The action plugin adds the controller's name and process id, and checks whether a holder
-        on this controller is still alive.
+        on this controller is still alive before it waits.
   check_mode:
     support: full
     details: Reports whether the lock is free; takes and releases nothing.
@@ -86,6 +89,32 @@ options:
     description:
       - Take over a lock held by this token (a run known to be dead). Set by the action plugin.
     type: str
+  wait_timeout:
+    description:
+      - Seconds to wait for a lock held by another run to be released (or its lease to end), asking
+        every second. Then the task fails naming the holder - its controller, host, start time, plan
+        and phase - and the command that clears the lock.
+      - V(0) fails at once.
+    type: int
+    default: 0
+  lease:
+    description:
+      - Seconds the lock stays this run's without news from it. Each task that takes or updates the
+        lock renews the lease; a lease that ended more than O(grace) seconds ago belongs to a run
+        that died, and any run, from any controller, takes the lock over (and gets the dead run's
+        record in RV(resumed)).
+      - Longer than the longest step between two updates of the lock (the roles update it at each
+        step; a backup of a very large volume is one step).
+      - V(0) takes no lease; such a lock is taken over only from its own controller, once its
+        process is gone.
+    type: int
+    default: 600
+  grace:
+    description:
+      - Seconds past the end of a lease before the lock is taken over. An empty or damaged lock file
+        (a crash right after it was created) is taken over this long after its last write.
+    type: int
+    default: 60
 """
 
 EXAMPLES = r"""
@@ -119,7 +148,13 @@ resumed:
   description: The record of a dead run whose lock this run took over (its data, phase and plan), else V(null).
   returned: success
   type: dict
+msg:
+  description: Says whose lock was taken over, and why, when this run took one over.
+  returned: when a lock was taken over
+  type: str
 """
+
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
@@ -127,7 +162,23 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     Ledger,
     LedgerError,
     LockHeld,
+    utc_stamp_of,
 )
+
+
+def take(ledger, record, params, clock=time.monotonic, sleep=time.sleep):
+    """Take the lock, waiting up to wait_timeout seconds while another live run holds it."""
+    started = clock()
+    while True:
+        try:
+            return ledger.acquire(record, params["takeover_token"], lease=params["lease"], grace=params["grace"])
+        except LockHeld as exc:
+            waited = clock() - started
+            if waited >= params["wait_timeout"]:
+                if params["wait_timeout"] > 0:
+                    raise LockHeld(ledger, exc.holder, waited=int(waited)) from None
+                raise
+            sleep(min(1.0, params["wait_timeout"] - waited))
 
 
 def main():
@@ -143,6 +194,9 @@ def main():
             controller=dict(type="str"),
             controller_pid=dict(type="int"),
             takeover_token=dict(type="str", no_log=False),
+            wait_timeout=dict(type="int", default=0),
+            lease=dict(type="int", default=600),
+            grace=dict(type="int", default=60),
         ),
         supports_check_mode=True,
     )
@@ -155,7 +209,9 @@ def main():
         if p["state"] == "present":
             ours = current is not None and current.get("token") == p["token"]
             if module.check_mode:
-                if current and not ours and current.get("token") != p["takeover_token"]:
+                expired = current and ledger.lease_expired(current, time.time(), p["grace"])
+                takeable = current and (current.get("token") == p["takeover_token"] or expired)
+                if current and not ours and not takeable:
                     raise LockHeld(ledger, current)
                 module.exit_json(changed=not ours, holder=current, resumed=None)
             record = {
@@ -164,7 +220,7 @@ def main():
                 "controller": p["controller"],
                 "controller_pid": p["controller_pid"],
             }
-            changed, resumed = ledger.acquire(dict(record, **(p["data"] or {})), p["takeover_token"])
+            changed, resumed = take(ledger, dict(record, **(p["data"] or {})), p)
             if not changed and p["data"]:
                 changed = ledger.update_lock(p["token"], p["data"])
         else:
@@ -175,7 +231,16 @@ def main():
         module.fail_json(msg=str(exc), holder=exc.holder, lock_held=True)
     except LedgerError as exc:
         module.fail_json(msg=str(exc), holder=ledger.lock_holder() if ledger else None)
-    module.exit_json(changed=changed, holder=ledger.lock_holder(), resumed=resumed)
+    result = dict(changed=changed, holder=ledger.lock_holder(), resumed=resumed)
+    if resumed and (resumed.get("damaged") or resumed.get("token") != p["takeover_token"]):
+        result["msg"] = "took over the lock of a run whose lease ended (%s, controller %s, %s)" % (
+            resumed.get("holder", "?"),
+            resumed.get("controller", "?"),
+            "lease ended %s" % utc_stamp_of(resumed["lease_expires"])
+            if isinstance(resumed.get("lease_expires"), (int, float))
+            else "an empty or damaged lock file",
+        )
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

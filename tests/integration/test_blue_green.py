@@ -18,6 +18,7 @@ import testbed
 from loadgen import LoadGenerator, summarize
 from proxy import HostCaddy, host_migrates_queued_connections
 from shop import LEDGER, BlueGreenShop, versions_in_order
+from writer import RowWriter
 
 # Tests that count failed requests under load are marked serial: they run alone (make integration's
 # serial part), as another test's load would skew the count. The others run beside other tests.
@@ -231,6 +232,49 @@ def test_run_killed_at_a_step_is_finished_by_the_next_run(bg_shop, tmp_path, pha
     assert shop.rows() == ["kept"]
     listing = shop.info()
     assert listing["current"]["id"] == v1 and listing["lock"] is None
+
+
+def test_failing_stop_of_blue_puts_blue_back_with_a_record_and_every_row(bg_shop):
+    """Blue's stop fails (its compose file is damaged once Caddy has switched to green, as a deploy
+    running beside the rollback would): blue is started again on the original ports and gets the
+    traffic back, green goes, a failed_rollback is recorded, every acknowledged row is kept, the
+    lock is released and the next run converges."""
+    shop = bg_shop
+    v1 = shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    compose = shop.dir / "compose.yml"
+    damaged = []
+
+    def damage_once_switched():
+        testbed.wait_for(lambda: (shop.lock() or {}).get("phase") == "switched_to_alternate", 180, "the switch")
+        compose.write_text("services: [this is not a compose file\n")
+        damaged.append(True)
+
+    thread = threading.Thread(target=damage_once_switched, daemon=True)
+    with RowWriter(shop.stack.container_id("db")) as writer:
+        thread.start()
+        # The drain gives the damage time to land before blue's stop reads the file.
+        result = shop.rollback(blue_green_drain_seconds=5)
+        thread.join(timeout=5)
+        written = len(writer.acknowledged)
+        testbed.wait_for(lambda: len(writer.acknowledged) >= written + 10, timeout=30, what="rows after")
+    assert damaged, "the compose file was not damaged during the rollback"
+    lost = writer.lost()
+    assert lost == [], "acknowledged rows lost: %d of %d" % (len(lost), len(writer.acknowledged))
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "FAILED at step 'stop blue'" in result.stdout, result.stdout[-5000:]
+    assert "Blue (release %s) was started again on the original" % v2 in result.stdout, result.stdout[-5000:]
+    assert shop.served() == "v2" and shop.version() == "v2"
+    assert shop.caddy.running_dials() == [["127.0.0.1:%d" % shop.port]]
+    assert shop.containers(shop.stack.name + "-green") == []
+    record = shop.audit()[-1]
+    assert record["event"] == "failed_rollback" and record["details"]["failed_step"] == "stop blue", record
+    listing = shop.info()
+    assert listing["current"]["id"] == v2 and listing["lock"] is None, listing
+
+    again = shop.rollback()
+    assert_ok(again)
+    assert shop.served() == "v1" and shop.info()["current"]["id"] == v1
 
 
 def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(bg_shop):

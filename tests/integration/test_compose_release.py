@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -219,6 +221,67 @@ def test_lock_of_another_controller_is_not_taken_over(run_module, tmp_path):
     assert refused.get("failed") and "controller elsewhere" in refused["msg"], refused
     forced = lock(run_module, ledger, "run-2", state="absent", force=True)
     assert forced["changed"], forced
+
+
+HOLD_LOCK = testbed.REPO_ROOT / "tests" / "integration" / "playbooks" / "hold_lock.yml"
+
+
+def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_path):
+    """Two controllers of different hostnames, as two AWX jobs: the second waits for the first's
+    lock, then fails naming it; once the first is killed, the second takes the lock over when the
+    first's lease has ended (its process cannot be seen from the second controller)."""
+    ledger = str(tmp_path / "ledger")
+    lease, grace = 12, 3
+    first = testbed.start_playbook(
+        HOLD_LOCK,
+        dict(
+            hold_project="shop",
+            hold_ledger=ledger,
+            hold_holder="job 41",
+            hold_token="run-1",
+            hold_lease=lease,
+            hold_grace=grace,
+            hold_from="aaaaaaaaaaaa",
+            hold_to="bbbbbbbbbbbb",
+        ),
+        "localhost,",
+        str(tmp_path / "first.log"),
+        controller="awx-job-41",
+    )
+    lock_file = Path(ledger) / "projects" / "shop" / "lock"
+    try:
+        testbed.wait_for(lambda: "run-1" in (lock_file.read_text() if lock_file.exists() else ""), 60, "the first lock")
+        second = dict(project="shop", ledger_dir=ledger, token="run-2", holder="job 42", lease=lease, grace=grace)
+        started = time.monotonic()
+        refused = testbed.run_module("rollback_lock", dict(second, wait_timeout=3), controller="awx-job-42")
+        waited = time.monotonic() - started
+        assert refused.get("failed"), refused
+        for part in ("(waited 3s)", "job 41", "awx-job-41", "from release aaaaaaaaaaaa to bbbbbbbbbbbb", "force=true"):
+            assert part in refused["msg"], refused["msg"]
+        assert waited >= 3, waited
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    expires = json.loads(lock_file.read_text())["lease_expires"]
+    taken = testbed.run_module("rollback_lock", dict(second, wait_timeout=60), controller="awx-job-42")
+    assert taken.get("changed") and not taken.get("failed"), taken
+    assert time.time() >= expires + grace, "taken over before the lease and its grace had ended"
+    assert taken["resumed"]["token"] == "run-1" and taken["resumed"]["plan"]["to"] == "bbbbbbbbbbbb", taken
+    assert "took over the lock of a run whose lease ended (job 41, controller awx-job-41" in taken["msg"], taken
+    assert taken["holder"]["controller"] == "awx-job-42"
+
+
+def test_an_empty_lock_file_is_taken_over_after_its_grace(run_module, tmp_path):
+    lock_file = tmp_path / "ledger" / "projects" / "shop" / "lock"
+    lock_file.parent.mkdir(parents=True)
+    lock_file.touch()  # created, never written: a crash right after it was created
+    touched = time.time()
+    args = dict(project="shop", ledger_dir=str(tmp_path / "ledger"), token="run-2", grace=3)
+    refused = run_module("rollback_lock", args)
+    assert refused.get("failed") and "empty or damaged lock file" in refused["msg"], refused
+    taken = run_module("rollback_lock", dict(args, wait_timeout=30))
+    assert taken["changed"] and "an empty or damaged lock file" in taken["msg"], taken
+    assert time.time() >= touched + 3 and taken["holder"]["token"] == "run-2"
 
 
 def test_pulled_brings_back_a_removed_image_by_digest(run_module, compose_stack, images, free_port, tmp_path):

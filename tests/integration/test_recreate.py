@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -245,20 +246,85 @@ def test_revert_keeps_every_row_written_during_the_rollback(shop):
     assert shop.info()["current"]["id"] == v2
 
 
-def test_second_rollback_of_the_same_project_is_refused(shop):
+def damage_archive_once_serving(shop, version, pattern):
+    """A thread that, once the target serves `version` (its backups are written and read back),
+    flips bytes in the middle of the backup archive matching `pattern`: damaged after the backup."""
+    damaged = []
+
+    def serving():
+        return testbed.http_get(shop.url + "/version")[1].strip() == version
+
+    def damage():
+        testbed.wait_for(serving, 120, "the target serving %s" % version)
+        archive = next(p for p in shop.backups.glob(pattern) if not p.name.endswith(".manifest.json"))
+        with open(archive, "r+b") as fh:
+            fh.seek(archive.stat().st_size // 2)
+            chunk = fh.read(64)
+            fh.seek(-len(chunk), os.SEEK_CUR)
+            fh.write(bytes(b ^ 0xFF for b in chunk))
+        damaged.append(archive)
+
+    thread = threading.Thread(target=damage, daemon=True)
+    thread.start()
+    return thread, damaged
+
+
+@pytest.mark.serial
+def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_version_back(shop):
+    """The database's volume copy is damaged after the backup: the revert's restore refuses it,
+    and the pre-rollback version is started and verified all the same, its data as it is, with a
+    record, the lock released and a report naming what was not put back; the next run converges."""
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    thread, damaged = damage_archive_once_serving(shop, "v1", "*_dbdata-*.tar*")
+    result = shop.rollback(
+        recreate_revert_data="always",
+        recreate_health_timeout=20,
+        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+    )
+    thread.join(timeout=5)
+    assert damaged, "the archive was not damaged during the rollback"
+    assert result.returncode != 0 and "FAILED at step 'verify'" in result.stdout, result.stdout[-4000:]
+    assert "putting the data back from the backups FAILED" in result.stdout, result.stdout[-4000:]
+    assert "put back on release %s and it serves again (verified)" % v2 in result.stdout, result.stdout[-4000:]
+    assert shop.version() == "v2" and shop.rows() == ["row 1", "row 2"]
+    record = shop.audit()[-1]
+    assert record["event"] == "failed_rollback" and "FAILED" in record["details"]["data"], record
+    listing = shop.info()
+    assert listing["current"]["id"] == v2 and listing["lock"] is None, listing
+
+    again = shop.rollback()
+    assert_ok(again)
+    assert shop.version() == "v1" and shop.rows() == ["row 1", "row 2"]
+
+
+def test_second_rollback_waits_its_turn_then_fails_naming_the_holder(shop):
     shop.deploy("v1")
     shop.deploy("v2")
+    carol = dict(project=shop.stack.name, token="other-run")
     held = testbed.run_module(
         # This test process stands for carol's play, still running on this controller.
         "rollback_lock",
-        dict(project=shop.stack.name, token="other-run", holder="carol's rollback", controller_pid=os.getpid()),
+        dict(carol, holder="carol's rollback", controller_pid=os.getpid()),
     )
     assert held["changed"], held
-    result = shop.rollback()
+    result = shop.rollback(recreate_lock_timeout=3)
     assert result.returncode != 0
     assert "carol's rollback" in result.stdout and "another rollback holds the lock" in result.stdout
+    assert "(waited 3s)" in result.stdout, result.stdout[-3000:]
     assert shop.version() == "v2"
-    testbed.run_module("rollback_lock", dict(project=shop.stack.name, token="other-run", state="absent"))
+
+    # Carol's run ends while this one waits: this one goes on.
+    release = threading.Timer(5, testbed.run_module, ("rollback_lock", dict(carol, state="absent")))
+    release.start()
+    try:
+        result = shop.rollback(recreate_lock_timeout=120)
+    finally:
+        release.join()
+    assert_ok(result)
+    assert shop.version() == "v1"
 
 
 def test_check_mode_prints_the_plan_and_changes_nothing(shop):

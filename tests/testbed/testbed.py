@@ -320,10 +320,18 @@ def ansible_env(extra=None):
     return env
 
 
-def run_module(module, args, check=False, diff=False, env=None, timeout=600):
+def as_controller(hostname, cmd):
+    """cmd run with its own hostname (a UTS namespace): a second controller on this machine."""
+    if not hostname:
+        return cmd
+    return ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
+
+
+def run_module(module, args, check=False, diff=False, env=None, timeout=600, controller=None):
     """Run stackops.rollback.<module> on localhost through real Ansible; return its result.
 
-    The result dict has `failed`, `changed`, `msg` and whatever the module returned.
+    The result dict has `failed`, `changed`, `msg` and whatever the module returned. With
+    `controller`, Ansible runs under that hostname, as on another controller.
     """
     name = module if "." in module else "stackops.rollback." + module
     cmd = [
@@ -343,7 +351,7 @@ def run_module(module, args, check=False, diff=False, env=None, timeout=600):
     if diff:
         cmd.append("--diff")
     proc = subprocess.run(
-        cmd,
+        as_controller(controller, cmd),
         check=False,
         capture_output=True,
         text=True,
@@ -396,12 +404,13 @@ def run_playbook(
             os.unlink(path)
 
 
-def start_playbook(playbook, extra_vars, inventory, log_path):
+def start_playbook(playbook, extra_vars, inventory, log_path, controller=None):
     """Start ansible-playbook in its own process group (to be killed whole); output to log_path."""
     path = write_vars(extra_vars, os.path.dirname(log_path))
     with open(log_path, "w") as log:  # the child writes to its own copy of the descriptor
         return subprocess.Popen(
-            playbook_command(playbook, path, inventory),
+            as_controller(controller, playbook_command(playbook, path, inventory)),
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=ansible_env(),

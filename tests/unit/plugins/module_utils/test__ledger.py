@@ -106,6 +106,68 @@ def test_lock_takeover_returns_the_dead_runs_record(tmp_path):
     assert ledger.lock_holder() is None
 
 
+def test_a_lease_keeps_the_lock_while_renewed_and_frees_it_after_its_grace(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    first = {"holder": "first", "token": "t1", "controller": "awx-job-1", "plan": {"from": "a", "to": "b"}}
+    assert ledger.acquire(first, lease=100, grace=10, now=1000.0) == (True, None)
+    assert ledger.lock_holder()["lease_expires"] == 1100.0
+    # Within the lease and within its grace, from any controller: held, the holder named.
+    for now in (1050.0, 1109.0):
+        with pytest.raises(LockHeld, match=r"awx-job-1.*plan: \? from release a to b") as held:
+            ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=10, now=now)
+        assert "state=absent force=true" in str(held.value) and "lease ends" in str(held.value)
+    # Each update renews the lease: the holder is alive.
+    assert ledger.update_lock("t1", {"phase": "started"}, now=1090.0)
+    assert not ledger.update_lock("t1", {"phase": "started"}, now=1095.0)
+    assert ledger.lock_holder()["lease_expires"] == 1195.0
+    with pytest.raises(LockHeld):
+        ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=10, now=1200.0)
+    # Past the lease and its grace: taken over, with the dead run's plan and phase.
+    changed, resumed = ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=10, now=1206.0)
+    assert changed and resumed["phase"] == "started" and resumed["plan"] == {"from": "a", "to": "b"}
+    held = ledger.lock_holder()
+    assert held["token"] == "t2" and held["resumes"]["token"] == "t1" and held["lease_expires"] == 1306.0
+    with pytest.raises(LedgerError, match="not held by this run"):
+        ledger.update_lock("t1", {"phase": "x"})
+
+
+def test_an_old_lock_without_a_lease_is_never_taken_by_time(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "old release", "token": "t1"})
+    with pytest.raises(LockHeld, match="old release"):
+        ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=10, now=10**10)
+
+
+def test_an_empty_lock_file_is_taken_over_after_the_grace(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.ensure_dirs()
+    open(ledger.lock_path, "w").close()  # created, never written: a crash right after O_EXCL
+    written = os.stat(ledger.lock_path).st_mtime
+    with pytest.raises(LockHeld, match="empty or damaged lock file"):
+        ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=30, now=written + 5)
+    changed, resumed = ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=30, now=written + 31)
+    assert changed and resumed["damaged"]
+    assert ledger.lock_holder()["token"] == "t2"
+
+
+def test_a_renewal_between_the_read_and_the_takeover_keeps_the_holder(tmp_path, monkeypatch):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1"}, lease=10, grace=0, now=0.0)
+    read = ledger.lock_holder
+
+    # The holder renews its lease right after the taker has read the expired record.
+    def read_then_renew():
+        record = read()
+        monkeypatch.setattr(ledger, "lock_holder", read)
+        ledger.update_lock("t1", {"phase": "alive"}, now=100.0)
+        return record
+
+    monkeypatch.setattr(ledger, "lock_holder", read_then_renew)
+    with pytest.raises(LockHeld, match="first"):
+        ledger.acquire({"holder": "second", "token": "t2"}, lease=10, grace=0, now=50.0)
+    assert ledger.lock_holder()["token"] == "t1" and ledger.lock_holder()["phase"] == "alive"
+
+
 def test_only_a_clean_release_belongs_to_a_commit(tmp_path):
     ledger = Ledger(str(tmp_path), "shop")
     for rid, created, git in (

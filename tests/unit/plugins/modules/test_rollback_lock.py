@@ -1,0 +1,57 @@
+"""rollback_lock's wait for a lock another run holds (a fake clock; no Docker involved)."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import Ledger, LockHeld
+from ansible_collections.stackops.rollback.plugins.modules.rollback_lock import take
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.slept = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def params(**extra):
+    return dict(dict(takeover_token=None, wait_timeout=0, lease=600, grace=60), **extra)
+
+
+def test_a_held_lock_is_waited_for_then_named_with_the_time_waited(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first run", "token": "t1", "controller": "ctl-a"}, lease=600)
+    clock = FakeClock()
+    with pytest.raises(LockHeld, match=r"\(waited 5s\): first run, on controller ctl-a") as held:
+        take(ledger, {"holder": "second", "token": "t2"}, params(wait_timeout=5), clock, clock.sleep)
+    assert sum(clock.slept) == 5 and max(clock.slept) <= 1
+    assert held.value.holder["token"] == "t1"
+
+
+def test_no_wait_fails_at_once(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first run", "token": "t1"}, lease=600)
+    clock = FakeClock()
+    with pytest.raises(LockHeld, match="first run") as held:
+        take(ledger, {"holder": "second", "token": "t2"}, params(), clock, clock.sleep)
+    assert clock.slept == [] and "waited" not in str(held.value)
+
+
+def test_the_lock_is_taken_as_soon_as_the_holder_releases_it(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first run", "token": "t1"}, lease=600)
+    clock = FakeClock()
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if clock.now >= 3:
+            ledger.release_lock("t1")
+
+    assert take(ledger, {"holder": "second", "token": "t2"}, params(wait_timeout=30), clock, sleep) == (True, None)
+    assert clock.now == 3 and ledger.lock_holder()["token"] == "t2"
