@@ -12,6 +12,7 @@ _compose.py; git runs here (it is not the engine).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -65,6 +66,13 @@ def project_file_names(project_src, files=None, env_files=None):
     else:
         envs = [DEFAULT_ENV_FILE] if os.path.isfile(os.path.join(project_src, DEFAULT_ENV_FILE)) else []
     return compose_files, envs
+
+
+def derived_project_name(project_src):
+    """The name Compose derives from a project directory: its base name, lowercased, with only
+    letters, digits, '-' and '_' kept."""
+    base = os.path.basename(os.path.normpath(project_src)).lower()
+    return re.sub(r"[^a-z0-9_-]", "", base).lstrip("_-")
 
 
 def project_name(engine, params):
@@ -528,6 +536,19 @@ class Releases:
 
     def databases(self, project):
         return Databases(self.engine, project, self.params.get("databases"))
+
+    def audited(self):
+        """One line in the audit log for a run whose failure nothing else recorded: refused_rollback
+        (it failed before its first change), or failed_rollback with O(event=failed_rollback).
+
+        The engine may be what failed: the project's name comes from the parameters alone.
+        """
+        name = self.params.get("project_name") or derived_project_name(self.params["project_src"])
+        event = "failed_rollback" if self.params["event"] == "failed_rollback" else "refused_rollback"
+        entry = {"event": event, "time": utcnow(), "details": self.params.get("details") or {}}
+        if not self.module.check_mode:
+            Ledger(self.params["ledger_dir"], name).audit(entry)
+        return dict(changed=True, project=name, entry=entry)
 
     def record_deploy(self, ledger, release):
         """Store the deploy notes and each declared database's schema with the release: (changed, record)."""

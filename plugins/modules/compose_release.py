@@ -65,6 +65,12 @@ options:
       - V(present) records the deployed release; V(restored) puts the files of O(release) back;
         V(pulled) makes sure the images of O(release) are on the host; V(replaced) recreates
         O(services) from the project's files now on disk and starts them at once.
+      - V(audited) writes one line with O(details) to the host's audit log, and nothing else, so that
+        the audit log has every run - C(refused_rollback) for a rollback that failed before its first
+        change (a lock held, a schema refused, an image missing, no space), C(failed_rollback) with
+        O(event=failed_rollback) for one whose own undo failed before it could record itself. It needs
+        no Docker engine; the project is O(project_name), else the name Compose derives from the
+        directory's name.
       - V(replaced) is the quick swap of a rollback - C(docker compose create) builds each new container
         with its full configuration and stops the old one just before, and the new ones start at once,
         without the dependency health polling of C(docker compose up), which would add up to half a
@@ -72,7 +78,7 @@ options:
         it with C(docker compose up --wait) (the P(community.docker.docker_compose_v2#module) module)
         to converge and check the rest.
     type: str
-    choices: [present, restored, pulled, replaced]
+    choices: [present, restored, pulled, replaced, audited]
     default: present
   services:
     description:
@@ -276,6 +282,14 @@ restore_point:
   description: The restore point taken - release, time, and per volume its archive and sha256.
   returned: restore_point=true
   type: dict
+entry:
+  description: The line written to the audit log (C(event), C(time), C(details)).
+  returned: state=audited
+  type: dict
+project:
+  description: The project the audit line names.
+  returned: state=audited
+  type: str
 """
 
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
@@ -290,7 +304,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
 def main():
     argument_spec = dict(
         ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
-        state=dict(type="str", choices=["present", "restored", "pulled", "replaced"], default="present"),
+        state=dict(type="str", choices=["present", "restored", "pulled", "replaced", "audited"], default="present"),
         services=dict(type="list", elements="str"),
         first_answer=dict(type="list", elements="str", default=[]),
         first_answer_timeout=dict(type="float", default=60),

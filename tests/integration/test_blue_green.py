@@ -293,3 +293,5 @@ def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(b
     assert shop.served() == "v2"
     listing = shop.info()
     assert listing["current"]["id"] == v2 and listing["lock"] is None
+    refused = shop.audit()[-1]
+    assert refused["event"] == "refused_rollback" and "named volume" in refused["details"]["reason"], refused

@@ -315,6 +315,8 @@ def test_second_rollback_waits_its_turn_then_fails_naming_the_holder(shop):
     assert "carol's rollback" in result.stdout and "another rollback holds the lock" in result.stdout
     assert "(waited 3s)" in result.stdout, result.stdout[-3000:]
     assert shop.version() == "v2"
+    refused = shop.audit()[-1]
+    assert refused["event"] == "refused_rollback" and "carol's rollback" in refused["details"]["reason"], refused
 
     # Carol's run ends while this one waits: this one goes on.
     release = threading.Timer(5, testbed.run_module, ("rollback_lock", dict(carol, state="absent")))

@@ -122,6 +122,10 @@ def test_incompatible_rollback_is_refused_before_anything_stops(db_shop):
     assert host_state(shop) == before
     assert testbed.run(["docker", "volume", "inspect", volume]).stdout == checked
     assert "pw-shop" not in result.stdout + result.stderr  # the password never shows
+    # The audit log has every run, refused ones too.
+    refused = shop.audit()[-1]
+    assert refused["event"] == "refused_rollback" and refused["details"]["step"] == "preflight", refused
+    assert "incompatible" in refused["details"]["reason"] and "pw-shop" not in json.dumps(refused)
 
 
 def test_downgrade_runs_the_newer_release_down_migration(pg_shop):

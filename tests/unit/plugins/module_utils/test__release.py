@@ -255,3 +255,37 @@ def test_first_answers_are_asked_until_they_answer_bounded_in_time():
     # app answered at 101.0; worker never did within 2 s; port 9999 is no service's.
     assert answered == {"app": 101.0}
     assert now[0] <= 101.0 + 2.0 + 0.25
+
+
+class AuditModule:
+    def __init__(self, params, check_mode=False):
+        self.params = dict(dict(project_name=None, details=None, event="deploy"), **params)
+        self.check_mode = check_mode
+
+
+class NoEngine:
+    def __getattr__(self, name):
+        raise AssertionError("state=audited must not use the engine (it may be what failed)")
+
+
+@pytest.mark.parametrize(
+    ("project_src", "project_name", "event", "expected"),
+    [
+        ("/srv/My.Shop_1", None, "deploy", ("myshop_1", "refused_rollback")),
+        ("/srv/shop/", "shop-prod", "failed_rollback", ("shop-prod", "failed_rollback")),
+    ],
+)
+def test_audited_writes_one_line_without_the_engine(tmp_path, project_src, project_name, event, expected):
+    params = dict(ledger_dir=str(tmp_path), project_src=project_src, project_name=project_name, event=event)
+    params["details"] = {"step": "preflight", "reason": "lock held"}
+    result = _release.Releases(AuditModule(params), NoEngine()).audited()
+    assert (result["project"], result["entry"]["event"]) == expected
+    lines = (tmp_path / "audit.log").read_text().splitlines()
+    assert len(lines) == 1 and '"reason": "lock held"' in lines[0] and '"project": "%s"' % expected[0] in lines[0]
+    assert Ledger(str(tmp_path), expected[0]).history() == [], "an audit line is no event of the history"
+
+
+def test_audited_in_check_mode_writes_nothing(tmp_path):
+    params = dict(ledger_dir=str(tmp_path), project_src="/srv/shop")
+    assert _release.Releases(AuditModule(params, check_mode=True), NoEngine()).audited()["changed"]
+    assert not (tmp_path / "audit.log").exists()
