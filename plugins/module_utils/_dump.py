@@ -220,9 +220,18 @@ def postgres_load(chunks, relations, rows, large_objects=0, tag=None):
         b"    EXECUTE format('DROP SCHEMA %%I CASCADE', s);\n"
         b"  END LOOP;\n"
         b"END $%s$;\n"
-        # As initdb makes it (PostgreSQL 15 on); pg_dump writes only what differs from that.
-        b"CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n"
-        b"GRANT USAGE ON SCHEMA public TO PUBLIC;\n" % (tag, tag)
+        # Schema public as initdb makes it, as pg_dump writes only what differs from that: owned
+        # by pg_database_owner with USAGE for all from PostgreSQL 15 on; before (the role
+        # pg_database_owner came in 14), owned by the loading user with CREATE and USAGE for all.
+        b"DO $%s$ BEGIN\n"
+        b"  IF current_setting('server_version_num')::int >= 150000 THEN\n"
+        b"    EXECUTE 'CREATE SCHEMA public AUTHORIZATION pg_database_owner';\n"
+        b"    EXECUTE 'GRANT USAGE ON SCHEMA public TO PUBLIC';\n"
+        b"  ELSE\n"
+        b"    EXECUTE 'CREATE SCHEMA public';\n"
+        b"    EXECUTE 'GRANT ALL ON SCHEMA public TO PUBLIC';\n"
+        b"  END IF;\n"
+        b"END $%s$;\n" % (tag, tag, tag, tag)
     )
     if large_objects:
         chunks = _outside_copy(chunks, _large_object_transactions)

@@ -309,3 +309,30 @@ def test_dump_failing_half_way_leaves_no_partial_archive(compose_stack, images, 
     assert os.listdir(tmp_path / "d") == [], os.listdir(tmp_path / "d")
     assert db.started_at() == started
     assert db.sql("SELECT count(*) FROM filler;") == str(FILLER_ROWS * 4)
+
+
+@pytest.mark.parametrize(("major", "owner"), [("13", "postgres"), ("17", "pg_database_owner")])
+def test_dumps_load_on_the_oldest_and_newest_postgresql(major, owner, compose_stack, images, tmp_path):
+    """A dump loads back on the oldest and the newest PostgreSQL the README names: the loader
+    makes schema public as that version's initdb does (pg_database_owner came in 14)."""
+    stack = compose_stack(
+        DB_COMPOSE["postgres"].format(
+            image=images["POSTGRES%s_IMAGE" % major], password=PASSWORD, busybox=images["BUSYBOX_IMAGE"]
+        ),
+        prefix="st-dump",
+    )
+    stack.up()
+    db = Database(stack, "postgres")
+    db.wait()
+    assert db.sql("SHOW server_version_num;").startswith(major), "not PostgreSQL %s" % major
+    db.sql("CREATE TABLE numbered (n integer PRIMARY KEY, txn integer NOT NULL);")
+    db.sql("INSERT INTO numbered SELECT g, g FROM generate_series(1, 100) g;")
+    dump = backup(db, tmp_path / "dumps")["backups"][0]
+    db.sql("INSERT INTO numbered SELECT g, g FROM generate_series(101, 150) g;")
+
+    restored = restore(db, dump["archive"], safety_dir=str(tmp_path / "safety"))
+    assert not restored.get("failed"), restored
+    assert db.numbered() == (100, 100)
+    assert db.sql("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'public';") == owner
+    safety = testbed.run_module("database_backup", dict(archive=restored["safety_archive"], state="verify"))
+    assert safety["rows"]["numbered"] == 150, safety

@@ -6,7 +6,8 @@
 # Images (all names are in images.env, which tests read too):
 #   $REGISTRY/stackops/app:v1, :v2, :v3, :broken (/health fails), :latest (= v2)
 #   (each app version runs its own Alembic migrations at start: v1 0001, v2 0002, v3 0003; broken 0002)
-#   $REGISTRY/stackops/postgres:15, $REGISTRY/stackops/mariadb:10.11, $REGISTRY/stackops/caddy:2.6,
+#   $REGISTRY/stackops/postgres:15 (bookworm's), :13 (bullseye's) and :17 (trixie's): the oldest and
+#   newest PostgreSQL the README names, $REGISTRY/stackops/mariadb:10.11, $REGISTRY/stackops/caddy:2.6,
 #   $REGISTRY/stackops/busybox:1
 #   stackops-testbed/testhost:latest (Docker-in-Docker host for Molecule and fleets)
 set -euo pipefail
@@ -21,18 +22,21 @@ SUITE=bookworm
 CACHE_DIR=$STATE_DIR/debs
 export DOCKER_BUILDKIT=0  # the classic builder resolves FROM against local images only
 
-# Package lists of the root filesystems (Debian bookworm, minbase).
+# Package lists of the root filesystems (Debian minbase; bookworm unless ROOTFS_SUITE says otherwise).
 declare -A ROOTFS_PACKAGES=(
     [python]="python3 python3-psycopg2 python3-pymysql python3-sqlalchemy python3-alembic ca-certificates"
     [postgres]="postgresql-15 postgresql-client-15 ca-certificates"
+    [postgres13]="postgresql-13 postgresql-client-13 ca-certificates"
+    [postgres17]="postgresql-17 postgresql-client-17 ca-certificates"
     [mariadb]="mariadb-server mariadb-client ca-certificates"
     [caddy]="caddy ca-certificates wget"
     [testhost]="docker.io python3 python3-docker python3-requests iptables ca-certificates procps kmod"
 )
+declare -A ROOTFS_SUITE=([postgres13]=bullseye [postgres17]=trixie)
 
 rootfs_image() {  # rootfs_image FLAVOR: build (once per package list) and print the image name
-    local flavor=$1 packages=${ROOTFS_PACKAGES[$1]} key image dir
-    key=$(printf '%s|%s|%s|v2' "$SUITE" "$flavor" "$packages" | sha256sum | cut -c1-12)
+    local flavor=$1 packages=${ROOTFS_PACKAGES[$1]} suite=${ROOTFS_SUITE[$1]:-$SUITE} key image dir
+    key=$(printf '%s|%s|%s|v2' "$suite" "$flavor" "$packages" | sha256sum | cut -c1-12)
     image="stackops-testbed/rootfs-$flavor:$key"
     if docker image inspect "$image" >/dev/null 2>&1; then
         log "rootfs $flavor: cached ($image)"
@@ -44,7 +48,7 @@ rootfs_image() {  # rootfs_image FLAVOR: build (once per package list) and print
     log "rootfs $flavor: debootstrap ($packages)"
     local t0=$SECONDS
     debootstrap --variant=minbase --cache-dir="$CACHE_DIR/$flavor" \
-        --include="${packages// /,}" "$SUITE" "$dir" "$MIRROR" >"$dir.log" 2>&1 || {
+        --include="${packages// /,}" "$suite" "$dir" "$MIRROR" >"$dir.log" 2>&1 || {
         tail -n 20 "$dir.log" >&2
         rm -rf "$dir"
         die "debootstrap of the $flavor root filesystem failed (log above)"
@@ -73,11 +77,11 @@ push() {
 }
 
 build_all() {
-    local python postgres mariadb caddy testhost ctx
+    local python postgres postgres13 postgres17 mariadb caddy testhost ctx
     # The debootstraps are independent and mostly wait on downloads: run them side by side,
     # then ask again for the names (cached by then).
     local flavor pids=()
-    for flavor in python postgres mariadb caddy testhost; do
+    for flavor in python postgres postgres13 postgres17 mariadb caddy testhost; do
         rootfs_image "$flavor" >/dev/null &
         pids+=($!)
     done
@@ -86,6 +90,8 @@ build_all() {
     done
     python=$(rootfs_image python)
     postgres=$(rootfs_image postgres)
+    postgres13=$(rootfs_image postgres13)
+    postgres17=$(rootfs_image postgres17)
     mariadb=$(rootfs_image mariadb)
     caddy=$(rootfs_image caddy)
     testhost=$(rootfs_image testhost)
@@ -101,6 +107,8 @@ build_all() {
         --build-arg APP_SCHEMA_HEAD=0002 --build-arg APP_FAIL_HEALTH=1
     docker tag "$APP_IMAGE:v2" "$APP_IMAGE:latest"
     build "$POSTGRES_IMAGE" "$here/images/postgres" --build-arg "BASE=$postgres"
+    build "$POSTGRES13_IMAGE" "$here/images/postgres" --build-arg "BASE=$postgres13"
+    build "$POSTGRES17_IMAGE" "$here/images/postgres" --build-arg "BASE=$postgres17"
     build "$MARIADB_IMAGE" "$here/images/mariadb" --build-arg "BASE=$mariadb"
     build "$CADDY_IMAGE" "$here/images/caddy" --build-arg "BASE=$caddy"
 

@@ -102,13 +102,13 @@ def load_images():
     env = {"STACKOPS_REGISTRY": os.environ.get("STACKOPS_REGISTRY", "127.0.0.1:5000")}
     names = {}
     for line in (TESTBED_DIR / "images.env").read_text().splitlines():
-        m = re.match(r"^([A-Z_]+)=(.*)$", line.strip())
+        m = re.match(r"^([A-Z][A-Z0-9_]*)=(.*)$", line.strip())
         if not m:
             continue
         value = re.sub(
             r"\$\{STACKOPS_REGISTRY:-([^}]*)\}", lambda x: env["STACKOPS_REGISTRY"] or x.group(1), m.group(2)
         )
-        value = re.sub(r"\$([A-Z_]+)", lambda x: names.get(x.group(1), ""), value)
+        value = re.sub(r"\$([A-Z][A-Z0-9_]*)", lambda x: names.get(x.group(1), ""), value)
         names[m.group(1)] = value
     return names
 
