@@ -57,7 +57,7 @@ class ActionModule(ActionBase):
                 answer["msg"] = "took over the lock of a run that died (pid %s on %s, phase %s)" % (
                     holder.get("controller_pid"),
                     controller,
-                    holder.get("phase", "unknown"),
+                    holder.get("phase") or holder.get("step") or "the start",
                 )
         elif answer.get("lock_held") and wait_timeout:
             # A live holder, or one on another controller: wait for it, or for its lease to end.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -50,6 +51,8 @@ RELEASE_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ROLLBACK_EVENTS = ("rollback",)
 DEPLOY_EVENTS = ("deploy",)
+# Seconds a lock stays its run's without news (each update renews it), when the run names none.
+DEFAULT_LEASE = 600
 # Events that change what a project runs for good. A failed rollback (put back or not) is
 # recorded for the audit but never becomes `current` or `previous`.
 SETTLED_EVENTS = DEPLOY_EVENTS + ROLLBACK_EVENTS
@@ -70,8 +73,8 @@ class LockHeld(LedgerError):
         super().__init__(
             "another rollback holds the lock of project %s%s: %s, on controller %s (pid %s), host %s, since %s%s%s. "
             "Lock file %s. If that run died, a later run takes the lock over once its lease has ended; to clear it "
-            "now: ansible <this host> -b -m stackops.rollback.rollback_lock -a 'project=%s token=clear state=absent "
-            "force=true'"
+            "now: ansible <this host> -b -m stackops.rollback.rollback_lock -a 'project=%s ledger_dir=%s token=clear "
+            "state=absent force=true'"
             % (
                 ledger.project,
                 " (waited %ss)" % waited if waited is not None else "",
@@ -81,14 +84,20 @@ class LockHeld(LedgerError):
                 holder.get("host", "?"),
                 holder.get("since", "?"),
                 "; plan: %s from release %s to %s, phase %s"
-                % (holder.get("strategy", "?"), plan.get("from", "?"), plan.get("to", "?"), holder.get("phase", "?"))
+                % (holder.get("strategy", "?"), plan.get("from", "?"), plan.get("to", "?"), lock_stage(holder))
                 if plan
                 else "",
                 "; lease ends %s" % utc_stamp_of(expires) if isinstance(expires, (int, float)) else "",
                 ledger.lock_path,
                 ledger.project,
+                ledger.root,
             )
         )
+
+
+def lock_stage(record):
+    """How far a lock's run got: its phase (blue_green) or the step it started (recreate)."""
+    return record.get("phase") or record.get("step") or "the start"
 
 
 def utcnow():
@@ -330,8 +339,17 @@ class Ledger:
         without being recorded, and counts as the most recent deploy.
         """
         deployed = []
-        events = self.settled_history()
-        if deployed_now and (not events or events[-1]["release"] != deployed_now):
+        history = self.history()
+        events = [e for e in history if e.get("event") in SETTLED_EVENTS]
+        # What a failed rollback left running (since the last deploy or rollback) was no deploy.
+        left_by_failures = set()
+        for event in history:
+            if event.get("event") in SETTLED_EVENTS:
+                left_by_failures = set()
+            elif event.get("event") in FAILED_EVENTS:
+                left_by_failures.add(event.get("release"))
+        unrecorded = deployed_now and (not events or events[-1]["release"] != deployed_now)
+        if unrecorded and deployed_now not in left_by_failures:
             events.append({"event": "deploy", "release": deployed_now})
         for event in events:
             if event.get("event") in DEPLOY_EVENTS and (not deployed or deployed[-1] != event["release"]):
@@ -382,9 +400,12 @@ class Ledger:
     def lease_expired(record, now, grace):
         """Whether a lock record's lease ended more than `grace` seconds before `now`.
 
-        A damaged or empty lock file counts from its last write; a record without a lease
+        A lock left `unfinished` by a run that ended (its plan for the next run to finish) has;
+        a damaged or empty lock file counts from its last write; a record without a lease
         (written by an older release) never expires by time.
         """
+        if record.get("unfinished"):
+            return True  # its run ended and left its plan for the next run to finish
         if record.get("damaged"):
             return now > float(record.get("mtime") or 0) + grace
         expires = record.get("lease_expires")
@@ -392,103 +413,85 @@ class Ledger:
             return False
         return now > expires + grace
 
+    @contextlib.contextmanager
+    def _guard(self):
+        """Serialise every change of the lock between runs on this host: a read, a judgement
+        (ours, dead, expired) and the write that follows it happen as one step."""
+        self.ensure_dirs()
+        fd = os.open(self.lock_path + ".guard", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
     def acquire(self, holder, takeover_token=None, lease=None, grace=0, now=None):
         """Take the project's lock; raise LockHeld naming the holder when it is taken.
 
         Returns (changed, record taken over or None). The same token taking the lock again renews
-        its lease and changes nothing else; a lock held by `takeover_token` (a run known to be
-        dead) or whose lease ended more than `grace` seconds ago is taken over, and the dead run's
-        record (its plan and phase) is returned so the new run can finish or undo its work.
+        its lease (with `lease` when given, else the lease it took) and changes nothing else; a
+        lock held by `takeover_token` (a run known to be dead) or whose lease ended more than
+        `grace` seconds ago is taken over, and the dead run's record (its plan and phase) is
+        returned so the new run can finish or undo its work. `lease` None takes DEFAULT_LEASE
+        for a new lock; 0 takes none.
         """
-        self.ensure_dirs()
         now = time.time() if now is None else now
-        data = dict(holder, host=socket.gethostname(), since=utcnow())
-        if lease:
-            data.update(lease_seconds=lease, lease_expires=round(now + lease, 3))
-        current = self.lock_holder()
-        if current is not None:
-            if current.get("token") and current.get("token") == holder.get("token"):
+        with self._guard():
+            current = self.lock_holder()
+            if current is not None and current.get("token") and current.get("token") == holder.get("token"):
                 # Ours already: a re-run of the same play, or a renewal.
-                if lease:
-                    self._write_lock(dict(current, lease_seconds=lease, lease_expires=data["lease_expires"]))
+                seconds = current.get("lease_seconds") if lease is None else lease
+                if isinstance(seconds, (int, float)) and seconds > 0:
+                    self._write_lock(dict(current, lease_seconds=seconds, lease_expires=round(now + seconds, 3)))
                 return False, None
-            if takeover_token and current.get("token") == takeover_token:
-                pass
-            elif not self.lease_expired(current, now, grace):
+            data = dict(holder, host=socket.gethostname(), since=utcnow())
+            seconds = DEFAULT_LEASE if lease is None else lease
+            if seconds > 0:
+                data.update(lease_seconds=seconds, lease_expires=round(now + seconds, 3))
+            if current is None:
+                self._write_lock(data)
+                return True, None
+            dead = takeover_token and current.get("token") == takeover_token
+            if not dead and not self.lease_expired(current, now, grace):
                 raise LockHeld(self, current)
-            taken = self._take_over(current)
-            data["resumes"] = {k: v for k, v in taken.items() if k != "resumes"}
-            self._create_lock(data)
-            return True, taken
-        self._create_lock(data)
-        return True, None
-
-    def _take_over(self, judged):
-        """Move the lock judged dead aside, atomically: of two runs taking it over, one wins."""
-        aside = "%s.taken-%s" % (self.lock_path, os.getpid())
-        try:
-            os.rename(self.lock_path, aside)
-        except FileNotFoundError:
-            raise LockHeld(self, self.lock_holder() or {"holder": "another run taking it over"}) from None
-        try:
-            taken = self.lock_holder_at(aside)
-            if taken != judged and not taken.get("damaged"):
-                # The holder renewed it between our read and the move: it lives. Put it back.
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, self.lock_path)
-                raise LockHeld(self, taken)
-            return taken
-        finally:
-            os.unlink(aside)
-
-    def lock_holder_at(self, path):
-        try:
-            with open(path) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return {"holder": "unknown (empty or damaged lock file %s)" % self.lock_path, "damaged": True}
-
-    def _create_lock(self, data):
-        """Create the lock file exclusively, written in full and synced."""
-        try:
-            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise LockHeld(self, self.lock_holder() or {}) from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+            data["resumes"] = {k: v for k, v in current.items() if k != "resumes"}
+            self._write_lock(data)
+            return True, current
 
     def update_lock(self, token, data, now=None):
         """Merge data (the plan, the phase reached) into the lock this token holds and renew its
         lease; True when the data changed."""
-        current = self.lock_holder()
-        if current is None or current.get("token") != token:
-            raise LedgerError(
-                "project %s's lock is not held by this run (holder: %s); not updating it"
-                % (self.project, (current or {}).get("holder", "nobody"))
-            )
-        merged = dict(current)
-        merged.update(data)
-        changed = merged != current
-        if isinstance(current.get("lease_seconds"), (int, float)):
-            now = time.time() if now is None else now
-            merged["lease_expires"] = round(now + current["lease_seconds"], 3)
-        if merged != current:
-            self._write_lock(merged)
-        return changed
+        with self._guard():
+            current = self.lock_holder()
+            if current is None or current.get("token") != token:
+                raise LedgerError(
+                    "project %s's lock is not held by this run (holder: %s); not updating it"
+                    % (self.project, (current or {}).get("holder", "nobody"))
+                )
+            merged = dict(current)
+            merged.update(data)
+            changed = merged != current
+            if isinstance(current.get("lease_seconds"), (int, float)) and current["lease_seconds"] > 0:
+                now = time.time() if now is None else now
+                merged["lease_expires"] = round(now + current["lease_seconds"], 3)
+            if merged != current:
+                self._write_lock(merged)
+            return changed
 
     def _write_lock(self, data):
         atomic_write(self.lock_path, (json.dumps(data, sort_keys=True)).encode(), 0o600)
 
     def release_lock(self, token=None, force=False):
-        current = self.lock_holder()
-        if current is None:
+        if not os.path.exists(self.lock_path):
             return False
-        if not force and token and current.get("token") not in (None, token):
-            raise LedgerError(
-                "the lock of project %s is held by %s, not by this run; not removing it (force=true removes it)"
-                % (self.project, current.get("holder", "?"))
-            )
-        os.unlink(self.lock_path)
-        return True
+        with self._guard():
+            current = self.lock_holder()
+            if current is None:
+                return False
+            if not force and token and current.get("token") not in (None, token):
+                raise LedgerError(
+                    "the lock of project %s is held by %s, not by this run; not removing it (force=true removes it)"
+                    % (self.project, current.get("holder", "?"))
+                )
+            os.unlink(self.lock_path)
+            return True

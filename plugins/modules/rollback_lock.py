@@ -105,10 +105,10 @@ options:
         record in RV(resumed)).
       - Longer than the longest step between two updates of the lock (the roles update it at each
         step; a backup of a very large volume is one step).
+      - Not given, a new lock takes 600 seconds and a renewal keeps the lease the lock was taken with.
       - V(0) takes no lease; such a lock is taken over only from its own controller, once its
         process is gone.
     type: int
-    default: 600
   grace:
     description:
       - Seconds past the end of a lease before the lock is taken over. An empty or damaged lock file
@@ -195,7 +195,7 @@ def main():
             controller_pid=dict(type="int"),
             takeover_token=dict(type="str", no_log=False),
             wait_timeout=dict(type="int", default=0),
-            lease=dict(type="int", default=600),
+            lease=dict(type="int"),
             grace=dict(type="int", default=60),
         ),
         supports_check_mode=True,
@@ -210,7 +210,8 @@ def main():
             ours = current is not None and current.get("token") == p["token"]
             if module.check_mode:
                 expired = current and ledger.lease_expired(current, time.time(), p["grace"])
-                takeable = current and (current.get("token") == p["takeover_token"] or expired)
+                dead = p["takeover_token"] and current and current.get("token") == p["takeover_token"]
+                takeable = current and (dead or expired)
                 if current and not ours and not takeable:
                     raise LockHeld(ledger, current)
                 module.exit_json(changed=not ours, holder=current, resumed=None)

@@ -231,7 +231,7 @@ def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_
     lock, then fails naming it; once the first is killed, the second takes the lock over when the
     first's lease has ended (its process cannot be seen from the second controller)."""
     ledger = str(tmp_path / "ledger")
-    lease, grace = 12, 3
+    lease, grace = 30, 3  # the second controller's refusal comes well within the lease
     first = testbed.start_playbook(
         HOLD_LOCK,
         dict(
@@ -275,13 +275,14 @@ def test_an_empty_lock_file_is_taken_over_after_its_grace(run_module, tmp_path):
     lock_file = tmp_path / "ledger" / "projects" / "shop" / "lock"
     lock_file.parent.mkdir(parents=True)
     lock_file.touch()  # created, never written: a crash right after it was created
-    touched = time.time()
-    args = dict(project="shop", ledger_dir=str(tmp_path / "ledger"), token="run-2", grace=3)
-    refused = run_module("rollback_lock", args)
+    written = time.time() - 100
+    os.utime(lock_file, (written, written))
+    args = dict(project="shop", ledger_dir=str(tmp_path / "ledger"), token="run-2")
+    refused = run_module("rollback_lock", dict(args, grace=600))  # written 100 s ago: within its grace
     assert refused.get("failed") and "empty or damaged lock file" in refused["msg"], refused
-    taken = run_module("rollback_lock", dict(args, wait_timeout=30))
+    taken = run_module("rollback_lock", dict(args, grace=60))  # past its grace
     assert taken["changed"] and "an empty or damaged lock file" in taken["msg"], taken
-    assert time.time() >= touched + 3 and taken["holder"]["token"] == "run-2"
+    assert taken["holder"]["token"] == "run-2"
 
 
 def test_pulled_brings_back_a_removed_image_by_digest(run_module, compose_stack, images, free_port, tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -269,6 +271,16 @@ def damage_archive_once_serving(shop, version, pattern):
     return thread, damaged
 
 
+def assert_served_again_without_its_data(shop, result, v2):
+    """The revert could not put the data back, and said so; the pre-rollback version serves, recorded."""
+    assert result.returncode != 0 and "FAILED at step 'verify'" in result.stdout, result.stdout[-4000:]
+    assert "putting the data back from the backups FAILED" in result.stdout, result.stdout[-4000:]
+    assert "put back on release %s and it serves again (verified)" % v2 in result.stdout, result.stdout[-4000:]
+    assert shop.version() == "v2" and shop.rows() == ["row 1", "row 2"]
+    record = shop.audit()[-1]
+    assert record["event"] == "failed_rollback" and "FAILED" in record["details"]["data"], record
+
+
 @pytest.mark.serial
 def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_version_back(shop):
     """The database's volume copy is damaged after the backup: the revert's restore refuses it,
@@ -286,12 +298,7 @@ def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_vers
     )
     thread.join(timeout=5)
     assert damaged, "the archive was not damaged during the rollback"
-    assert result.returncode != 0 and "FAILED at step 'verify'" in result.stdout, result.stdout[-4000:]
-    assert "putting the data back from the backups FAILED" in result.stdout, result.stdout[-4000:]
-    assert "put back on release %s and it serves again (verified)" % v2 in result.stdout, result.stdout[-4000:]
-    assert shop.version() == "v2" and shop.rows() == ["row 1", "row 2"]
-    record = shop.audit()[-1]
-    assert record["event"] == "failed_rollback" and "FAILED" in record["details"]["data"], record
+    assert_served_again_without_its_data(shop, result, v2)
     listing = shop.info()
     assert listing["current"]["id"] == v2 and listing["lock"] is None, listing
 
@@ -300,7 +307,99 @@ def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_vers
     assert shop.version() == "v1" and shop.rows() == ["row 1", "row 2"]
 
 
-def test_second_rollback_waits_its_turn_then_fails_naming_the_holder(shop):
+@pytest.mark.serial
+def test_full_disk_during_the_reverts_safety_copy_still_puts_the_pre_rollback_version_back(shop, tmp_path):
+    """The backup disk fills up once the target serves: the revert's restore cannot write its
+    safety copy, so it touches nothing, and the pre-rollback version is started all the same,
+    with a record and a report naming what was not put back."""
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    with testbed.small_filesystem(tmp_path / "small", size="256m") as small:
+        shop.backups = small
+        filled = []
+
+        def fill_once_serving():
+            testbed.wait_for(lambda: testbed.http_get(shop.url + "/version")[1].strip() == "v1", 120, "the target")
+            with open(small / "filler", "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * (1 << 20))
+                        fh.flush()
+                except OSError:
+                    pass  # the disk is full
+            filled.append(True)
+
+        thread = threading.Thread(target=fill_once_serving, daemon=True)
+        thread.start()
+        result = shop.rollback(
+            recreate_revert_data="always",
+            recreate_backup_margin_mb=0,
+            recreate_health_timeout=20,
+            recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+        )
+        thread.join(timeout=5)
+    assert filled, "the disk was not filled during the rollback"
+    assert_served_again_without_its_data(shop, result, v2)
+    assert shop.info()["lock"] is None
+
+
+@pytest.mark.serial
+def test_revert_that_does_not_serve_leaves_its_plan_and_the_next_run_finishes_it(shop):
+    """Neither the target nor the pre-rollback version passes the verification: the lock keeps
+    the plan (put v2 back), marked unfinished; the next run takes it over at once, finishes it, and
+    the ledger's current and previous stay v2 and v1 (deploy v1, deploy v2, failed rollback, revert)."""
+    v1 = shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    result = shop.rollback(
+        recreate_health_timeout=10, recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v3$"}]
+    )
+    assert result.returncode != 0 and "FAILED at step 'verify'" in result.stdout, result.stdout[-4000:]
+    assert "did NOT verify healthy" in result.stdout and "The project lock keeps the plan" in result.stdout
+    lock = shop.lock()
+    assert lock and lock["unfinished"] and lock["plan"] == {"from": v2, "to": v2}, lock
+    assert shop.audit()[-1]["event"] == "failed_rollback"
+    listing = shop.info()
+    assert (listing["current"]["id"], listing["previous"]["id"]) == (v2, v1), listing
+
+    started = time.monotonic()
+    again = shop.rollback()
+    assert_ok(again)
+    assert time.monotonic() - started < 120, "the next run waited for the unfinished lock"
+    assert "it was rolling back from release %s to %s" % (v2, v2) in again.stdout, again.stdout[-4000:]
+    assert shop.version() == "v2" and shop.rows() == ["row 1"]
+    listing = shop.info()
+    assert (listing["current"]["id"], listing["previous"]["id"], listing["lock"]) == (v2, v1, None), listing
+
+
+@pytest.mark.serial
+def test_run_killed_during_the_revert_is_finished_by_the_next_run(shop, tmp_path):
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    run = shop.start_rollback(
+        tmp_path / "killed.log",
+        recreate_health_timeout=10,
+        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+    )
+    try:
+        testbed.wait_for(lambda: (shop.lock() or {}).get("step") == "revert" or run.poll() is not None, 180, "revert")
+        assert run.poll() is None, "the run ended before its revert: %s" % (tmp_path / "killed.log").read_text()[-3000:]
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    assert shop.lock()["plan"] == {"from": v2, "to": v2}, shop.lock()
+
+    result = shop.rollback()
+    assert_ok(result)
+    assert "it was rolling back from release %s to %s" % (v2, v2) in result.stdout, result.stdout[-4000:]
+    assert shop.version() == "v2" and shop.rows() == ["row 1"]
+    assert shop.info()["current"]["id"] == v2 and shop.lock() is None
+
+
+def test_second_rollback_waits_its_turn_then_fails_naming_the_holder(shop, tmp_path):
     shop.deploy("v1")
     shop.deploy("v2")
     carol = dict(project=shop.stack.name, token="other-run")
@@ -318,14 +417,18 @@ def test_second_rollback_waits_its_turn_then_fails_naming_the_holder(shop):
     refused = shop.audit()[-1]
     assert refused["event"] == "refused_rollback" and "carol's rollback" in refused["details"]["reason"], refused
 
-    # Carol's run ends while this one waits: this one goes on.
-    release = threading.Timer(5, testbed.run_module, ("rollback_lock", dict(carol, state="absent")))
-    release.start()
+    # Carol's run ends while this one waits at the lock: this one goes on.
+    log = tmp_path / "waiting.log"
+    run = shop.start_rollback(log, recreate_lock_timeout=120)
     try:
-        result = shop.rollback(recreate_lock_timeout=120)
+        testbed.wait_for(lambda: "Take the project lock" in log.read_text(), 120, "the run at the lock")
+        time.sleep(3)
+        assert run.poll() is None, "the run did not wait for the lock: %s" % log.read_text()[-3000:]
+        testbed.run_module("rollback_lock", dict(carol, state="absent"))
+        assert run.wait(timeout=300) == 0, log.read_text()[-6000:]
     finally:
-        release.join()
-    assert_ok(result)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
     assert shop.version() == "v1"
 
 

@@ -65,16 +65,41 @@ class Shop:
             "compose_release_info", dict(project_src=str(self.dir), project_name=self.stack.name, **extra)
         )
 
+    def lock(self):
+        """The project's lock record, or None when free."""
+        try:
+            return json.loads((LEDGER / "projects" / self.stack.name / "lock").read_text())
+        except (OSError, ValueError):
+            return None
+
     def audit(self):
         path = LEDGER / "audit.log"
         lines = path.read_text().splitlines() if path.exists() else []
         return [json.loads(x) for x in lines if json.loads(x).get("project") == self.stack.name]
 
+    # The strategy's playbook and its variables: set by each kind of shop.
+    playbook = None
+
+    def variables(self, **variables):
+        raise NotImplementedError
+
+    def rollback(self, check=False, diff=False, **variables):
+        args = ["--diff"] if diff else []
+        return testbed.run_playbook(
+            self.playbook, self.variables(**variables), inventory=str(self.inventory), check=check, extra_args=args
+        )
+
+    def start_rollback(self, log_path, **variables):
+        """Start a rollback in the background (to be killed); its output goes to log_path."""
+        return testbed.start_playbook(self.playbook, self.variables(**variables), str(self.inventory), str(log_path))
+
 
 class RecreateShop(Shop):
     """The shop, rolled back by playbooks/rollback_recreate.yml."""
 
-    def rollback(self, check=False, diff=False, **variables):
+    playbook = RECREATE_PLAYBOOK
+
+    def variables(self, **variables):
         extra = {
             "recreate_project_src": str(self.dir),
             "recreate_backup_dir": str(self.backups),
@@ -82,29 +107,18 @@ class RecreateShop(Shop):
             "recreate_health_timeout": 60,
         }
         extra.update(variables)
-        args = ["--diff"] if diff else []
-        return testbed.run_playbook(
-            RECREATE_PLAYBOOK, extra, inventory=str(self.inventory), check=check, extra_args=args
-        )
+        return extra
 
 
 class BlueGreenShop(Shop):
     """The shop behind Caddy, rolled back by playbooks/rollback_blue_green.yml."""
 
+    playbook = BLUE_GREEN_PLAYBOOK
+
     def __init__(self, stack, port, tmp_path, caddy, databases=None):
         super().__init__(stack, port, tmp_path, databases)
         self.caddy = caddy
         self.green_port = testbed.free_port()
-
-    def rollback(self, check=False, **variables):
-        return testbed.run_playbook(
-            BLUE_GREEN_PLAYBOOK, self.variables(**variables), inventory=str(self.inventory), check=check
-        )
-
-    def start_rollback(self, log_path, **variables):
-        return testbed.start_playbook(
-            BLUE_GREEN_PLAYBOOK, self.variables(**variables), str(self.inventory), str(log_path)
-        )
 
     def variables(self, **variables):
         extra = {
@@ -122,12 +136,6 @@ class BlueGreenShop(Shop):
         }
         extra.update(variables)
         return extra
-
-    def lock(self):
-        try:
-            return json.loads((LEDGER / "projects" / self.stack.name / "lock").read_text())
-        except (OSError, ValueError):
-            return None
 
     def deploy_unrecorded_broken(self):
         """Deploy the image whose /health fails, record it as a release, then go back to v2."""

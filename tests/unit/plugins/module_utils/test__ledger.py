@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _ledger
@@ -133,7 +134,7 @@ def test_a_lease_keeps_the_lock_while_renewed_and_frees_it_after_its_grace(tmp_p
 
 def test_an_old_lock_without_a_lease_is_never_taken_by_time(tmp_path):
     ledger = Ledger(str(tmp_path), "shop")
-    ledger.acquire({"holder": "old release", "token": "t1"})
+    ledger.acquire({"holder": "old release", "token": "t1"}, lease=0)  # as an older release wrote it
     with pytest.raises(LockHeld, match="old release"):
         ledger.acquire({"holder": "second", "token": "t2"}, lease=100, grace=10, now=10**10)
 
@@ -150,22 +151,34 @@ def test_an_empty_lock_file_is_taken_over_after_the_grace(tmp_path):
     assert ledger.lock_holder()["token"] == "t2"
 
 
-def test_a_renewal_between_the_read_and_the_takeover_keeps_the_holder(tmp_path, monkeypatch):
+def test_lock_changes_wait_for_each_other(tmp_path):
+    """A run judging the lock holds the guard: another run's change waits until it is done."""
     ledger = Ledger(str(tmp_path), "shop")
     ledger.acquire({"holder": "first", "token": "t1"}, lease=10, grace=0, now=0.0)
-    read = ledger.lock_holder
+    other = Ledger(str(tmp_path), "shop")
+    done = threading.Event()
 
-    # The holder renews its lease right after the taker has read the expired record.
-    def read_then_renew():
-        record = read()
-        monkeypatch.setattr(ledger, "lock_holder", read)
-        ledger.update_lock("t1", {"phase": "alive"}, now=100.0)
-        return record
+    def renew():
+        other.update_lock("t1", {"phase": "alive"})
+        done.set()
 
-    monkeypatch.setattr(ledger, "lock_holder", read_then_renew)
-    with pytest.raises(LockHeld, match="first"):
-        ledger.acquire({"holder": "second", "token": "t2"}, lease=10, grace=0, now=50.0)
-    assert ledger.lock_holder()["token"] == "t1" and ledger.lock_holder()["phase"] == "alive"
+    with ledger._guard():
+        thread = threading.Thread(target=renew, daemon=True)
+        thread.start()
+        assert not done.wait(0.3), "a change went through while another run held the guard"
+    thread.join(timeout=5)
+    assert done.is_set() and ledger.lock_holder()["phase"] == "alive"
+
+
+def test_a_renewal_keeps_the_lease_the_lock_was_taken_with(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1"}, lease=3600, grace=60, now=0.0)
+    assert ledger.acquire({"holder": "first", "token": "t1"}, now=100.0) == (False, None)
+    assert ledger.lock_holder()["lease_seconds"] == 3600 and ledger.lock_holder()["lease_expires"] == 3700.0
+    ledger.update_lock("t1", {"step": "backup"}, now=200.0)
+    assert ledger.lock_holder()["lease_expires"] == 3800.0
+    with pytest.raises(LockHeld):
+        ledger.acquire({"holder": "second", "token": "t2"}, grace=60, now=1000.0)
 
 
 def test_only_a_clean_release_belongs_to_a_commit(tmp_path):
@@ -196,5 +209,16 @@ def test_a_failed_rollback_is_never_current_or_previous(tmp_path, history, curre
     for event in history:
         ledger.append_event(event)
     assert (ledger.current_id(), ledger.previous_id()) == (current, previous)
+    # The roles ask with what runs now: a failed revert's leftover counts as no deploy either.
+    assert ledger.previous_id(history[-1]["release"]) == previous
     assert ledger.failed_history() == [e for e in history if e["event"] == "failed_rollback"]
     assert ledger.settled_history() == [e for e in history if e["event"] != "failed_rollback"]
+
+
+def test_an_unfinished_lock_is_taken_over_at_once_with_its_plan(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1", "plan": {"from": "a", "to": "b"}}, lease=600, grace=60, now=0.0)
+    ledger.update_lock("t1", {"plan": {"from": "a", "to": "a"}, "unfinished": "the revert did not verify"}, now=1.0)
+    changed, resumed = ledger.acquire({"holder": "next", "token": "t2"}, lease=600, grace=60, now=2.0)
+    assert changed and resumed["plan"] == {"from": "a", "to": "a"} and resumed["unfinished"]
+    assert "unfinished" not in ledger.lock_holder(), "the taking run's lock is not unfinished"
