@@ -17,6 +17,7 @@ import os
 import socket
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import lock_stage
 
 
 def process_alive(pid):
@@ -57,7 +58,7 @@ class ActionModule(ActionBase):
                 answer["msg"] = "took over the lock of a run that died (pid %s on %s, phase %s)" % (
                     holder.get("controller_pid"),
                     controller,
-                    holder.get("phase") or holder.get("step") or "the start",
+                    lock_stage(holder),
                 )
         elif answer.get("lock_held") and wait_timeout:
             # A live holder, or one on another controller: wait for it, or for its lease to end.

@@ -413,6 +413,20 @@ class Ledger:
             return False
         return now > expires + grace
 
+    @classmethod
+    def may_take(cls, current, takeover_token, now, grace):
+        """Whether a run other than its holder may take this lock record over: its holder is
+        known dead (`takeover_token`), or its lease ended more than `grace` seconds ago."""
+        dead = bool(takeover_token) and current.get("token") == takeover_token
+        return dead or cls.lease_expired(current, now, grace)
+
+    @staticmethod
+    def _lease(seconds, now):
+        """The lock fields of a lease of `seconds` from `now`; none for no lease."""
+        if not isinstance(seconds, (int, float)) or seconds <= 0:
+            return {}
+        return {"lease_seconds": seconds, "lease_expires": round(now + seconds, 3)}
+
     @contextlib.contextmanager
     def _guard(self):
         """Serialise every change of the lock between runs on this host: a read, a judgement
@@ -440,19 +454,16 @@ class Ledger:
             current = self.lock_holder()
             if current is not None and current.get("token") and current.get("token") == holder.get("token"):
                 # Ours already: a re-run of the same play, or a renewal.
-                seconds = current.get("lease_seconds") if lease is None else lease
-                if isinstance(seconds, (int, float)) and seconds > 0:
-                    self._write_lock(dict(current, lease_seconds=seconds, lease_expires=round(now + seconds, 3)))
+                renewal = self._lease(current.get("lease_seconds") if lease is None else lease, now)
+                if renewal:
+                    self._write_lock(dict(current, **renewal))
                 return False, None
             data = dict(holder, host=socket.gethostname(), since=utcnow())
-            seconds = DEFAULT_LEASE if lease is None else lease
-            if seconds > 0:
-                data.update(lease_seconds=seconds, lease_expires=round(now + seconds, 3))
+            data.update(self._lease(DEFAULT_LEASE if lease is None else lease, now))
             if current is None:
                 self._write_lock(data)
                 return True, None
-            dead = takeover_token and current.get("token") == takeover_token
-            if not dead and not self.lease_expired(current, now, grace):
+            if not self.may_take(current, takeover_token, now, grace):
                 raise LockHeld(self, current)
             data["resumes"] = {k: v for k, v in current.items() if k != "resumes"}
             self._write_lock(data)
@@ -471,9 +482,7 @@ class Ledger:
             merged = dict(current)
             merged.update(data)
             changed = merged != current
-            if isinstance(current.get("lease_seconds"), (int, float)) and current["lease_seconds"] > 0:
-                now = time.time() if now is None else now
-                merged["lease_expires"] = round(now + current["lease_seconds"], 3)
+            merged.update(self._lease(current.get("lease_seconds"), time.time() if now is None else now))
             if merged != current:
                 self._write_lock(merged)
             return changed

@@ -209,10 +209,7 @@ def main():
         if p["state"] == "present":
             ours = current is not None and current.get("token") == p["token"]
             if module.check_mode:
-                expired = current and ledger.lease_expired(current, time.time(), p["grace"])
-                dead = p["takeover_token"] and current and current.get("token") == p["takeover_token"]
-                takeable = current and (dead or expired)
-                if current and not ours and not takeable:
+                if current and not ours and not ledger.may_take(current, p["takeover_token"], time.time(), p["grace"]):
                     raise LockHeld(ledger, current)
                 module.exit_json(changed=not ours, holder=current, resumed=None)
             record = {
