@@ -6,7 +6,9 @@ is not answering here the whole session fails with the reason.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,24 @@ def run_module():
 @pytest.fixture
 def run_playbook():
     return testbed.run_playbook
+
+
+# CPU_REPORT=path: one line per test with the CPU seconds its own process and the processes it
+# waited for (ansible-playbook and its modules, docker and psql clients) used, to find where
+# make test's time goes on a machine whose cores are busy. Containers' own CPU is not in it.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    path = os.environ.get("CPU_REPORT")
+    if not path:
+        yield
+        return
+    import resource
+
+    def used():
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    cpu, wall = used(), time.monotonic()
+    yield
+    with open(path, "a") as fh:
+        fh.write("%.1f\t%.1f\t%s\n" % (used() - cpu, time.monotonic() - wall, item.nodeid))

@@ -62,11 +62,13 @@ def leftover_containers(prefixes):
 
 
 def leftover_images(repositories):
-    return sorted(
-        ref
-        for ref in docker_lines("images", "--format", "{{.Repository}}:{{.Tag}}")
-        if any(repo in ref for repo in repositories)
-    )
+    """Our images, by name:tag, or by ID once the tag went to a newer image (name:<none> is no reference)."""
+    found = set()
+    for line in docker_lines("images", "--format", "{{.Repository}}:{{.Tag}}\t{{.ID}}"):
+        ref, _tab, image_id = line.partition("\t")
+        if any(repo in ref for repo in repositories):
+            found.add(image_id if ref.endswith(":<none>") else ref)
+    return sorted(found)
 
 
 def remove_leftovers(prefixes=OURS, ledger_projects=LEDGER_PROJECTS, repositories=PUSHED_REPOSITORIES):
