@@ -31,6 +31,13 @@ DEFAULT_FAIL_PATTERNS = [
     r"\bOOMKilled\b",
     r"Segmentation fault",
 ]
+# PostgreSQL logs at FATAL level a client session it ends or turns away while it stops, starts
+# or is told to: what a rollback's own stop of a database does to its connected clients. These
+# lines say nothing about the service's health.
+DEFAULT_IGNORE_PATTERNS = [
+    r"FATAL:\s+terminating connection due to administrator command",
+    r"FATAL:\s+the database system is (?:starting up|shutting down|not yet accepting connections)",
+]
 LOG_TAIL_LINES = 5000  # bounds memory and time on chatty services
 
 
@@ -427,7 +434,8 @@ class ProjectHealth:
         log_checks = []
         if logs.get("enabled", True):
             fail = logs.get("fail_patterns") or DEFAULT_FAIL_PATTERNS
-            log_checks = [LogCheck(s, fail, logs.get("ignore_patterns") or [], logs.get("since")) for s in services]
+            ignore = DEFAULT_IGNORE_PATTERNS if logs.get("ignore_patterns") is None else logs["ignore_patterns"]
+            log_checks = [LogCheck(s, fail, ignore, logs.get("since")) for s in services]
         http_checks = [
             HttpCheck(
                 h["url"],

@@ -32,6 +32,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     DEFAULT_OVERRIDE_FILES,
     RELEASE_ID_RE,
     Ledger,
+    LedgerError,
     fingerprint,
     pin_document,
     safe_relpath,
@@ -73,6 +74,44 @@ def derived_project_name(project_src):
     letters, digits, '-' and '_' kept."""
     base = os.path.basename(os.path.normpath(project_src)).lower()
     return re.sub(r"[^a-z0-9_-]", "", base).lstrip("_-")
+
+
+# A literal top-level `name:` (an interpolated one is left to Compose) and COMPOSE_PROJECT_NAME in an env file.
+_COMPOSE_NAME = re.compile(r"""^name:[ \t]*(["']?)([a-z0-9][a-z0-9_-]*)\1[ \t]*(?:#.*)?$""", re.M)
+_ENV_PROJECT_NAME = re.compile(
+    r"""^[ \t]*(?:export[ \t]+)?COMPOSE_PROJECT_NAME[ \t]*=[ \t]*(["']?)([a-z0-9][a-z0-9_-]*)\1[ \t]*$""", re.M
+)
+
+
+# state=audited: the audit line's event for each O(event); any other is refused_rollback.
+AUDITED_EVENTS = {"failed_rollback": "failed_rollback", "rollback": "unrecorded_rollback"}
+
+
+def offline_project_name(project_src, files=None, env_files=None, environ=None):
+    """The project's name as Compose decides it, from the files alone (no engine, no compose
+    binary): COMPOSE_PROJECT_NAME from the environment, else from the env files (the last one
+    that sets it), else the last compose file's literal top-level `name:`, else the name Compose
+    derives from the directory. Files that cannot be read are passed over: this names the
+    project of a run that failed, maybe because of them."""
+    environ = os.environ if environ is None else environ
+    if environ.get("COMPOSE_PROJECT_NAME"):
+        return environ["COMPOSE_PROJECT_NAME"]
+    try:
+        compose_files, envs = project_file_names(project_src, files, env_files)
+    except (ReleaseError, LedgerError):
+        compose_files, envs = [], []
+    for names, pattern in ((envs, _ENV_PROJECT_NAME), (compose_files, _COMPOSE_NAME)):
+        found = None
+        for name in names:
+            try:
+                with open(os.path.join(project_src, name), encoding="utf-8", errors="replace") as fh:
+                    matches = pattern.findall(fh.read())
+            except OSError:
+                continue
+            found = matches[-1][1] if matches else found
+        if found:
+            return found
+    return derived_project_name(project_src)
 
 
 def project_name(engine, params):
@@ -538,13 +577,15 @@ class Releases:
         return Databases(self.engine, project, self.params.get("databases"))
 
     def audited(self):
-        """One line in the audit log for a run whose failure nothing else recorded: refused_rollback
-        (it failed before its first change), or failed_rollback with O(event=failed_rollback).
+        """One line in the audit log for a run that nothing else recorded: refused_rollback (it
+        failed before its first change), failed_rollback with O(event=failed_rollback), or
+        unrecorded_rollback with O(event=rollback) (done and verified, its record failed).
 
         The engine may be what failed: the project's name comes from the parameters alone.
         """
-        name = self.params.get("project_name") or derived_project_name(self.params["project_src"])
-        event = "failed_rollback" if self.params["event"] == "failed_rollback" else "refused_rollback"
+        p = self.params
+        name = p.get("project_name") or offline_project_name(p["project_src"], p.get("files"), p.get("env_files"))
+        event = AUDITED_EVENTS.get(self.params["event"], "refused_rollback")
         entry = {"event": event, "time": utcnow(), "details": self.params.get("details") or {}}
         if not self.module.check_mode:
             Ledger(self.params["ledger_dir"], name).audit(entry)

@@ -125,10 +125,15 @@ options:
           - '\bOOMKilled\b'
           - 'Segmentation fault'
       ignore_patterns:
-        description: Regular expressions of lines to ignore even when they match O(logs.fail_patterns).
+        description:
+          - Regular expressions of lines to ignore even when they match O(logs.fail_patterns).
+          - The default passes over the FATAL lines PostgreSQL writes for a client session it ends or
+            turns away while it stops or starts, which a rollback's own stop of a database causes.
         type: list
         elements: str
-        default: []
+        default:
+          - 'FATAL:\s+terminating connection due to administrator command'
+          - 'FATAL:\s+the database system is (?:starting up|shutting down|not yet accepting connections)'
   exec:
     description:
       - Data checks run in a service container with C(docker exec), as argument lists (no shell).
@@ -315,6 +320,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._compose import 
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 from ansible_collections.stackops.rollback.plugins.module_utils._health import (
     DEFAULT_FAIL_PATTERNS,
+    DEFAULT_IGNORE_PATTERNS,
     HealthInputError,
     ProjectHealth,
 )
@@ -346,7 +352,7 @@ def main():
                 enabled=dict(type="bool", default=True),
                 since=dict(type="float"),
                 fail_patterns=dict(type="list", elements="str", default=list(DEFAULT_FAIL_PATTERNS)),
-                ignore_patterns=dict(type="list", elements="str", default=[]),
+                ignore_patterns=dict(type="list", elements="str", default=list(DEFAULT_IGNORE_PATTERNS)),
             ),
         ),
         exec=dict(

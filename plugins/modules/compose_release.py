@@ -68,9 +68,12 @@ options:
       - V(audited) writes one line with O(details) to the host's audit log, and nothing else, so that
         the audit log has every run - C(refused_rollback) for a rollback that failed before its first
         change (a lock held, a schema refused, an image missing, no space), C(failed_rollback) with
-        O(event=failed_rollback) for one whose own undo failed before it could record itself. It needs
-        no Docker engine; the project is O(project_name), else the name Compose derives from the
-        directory's name.
+        O(event=failed_rollback) for one whose own undo failed before it could record itself,
+        C(unrecorded_rollback) with O(event=rollback) for one done and verified whose ledger record
+        could not be written (the project lock keeps its plan, and the next run records it). It needs
+        no Docker engine; the project is O(project_name), else the name Compose would give it, read
+        from the files alone - C(COMPOSE_PROJECT_NAME) from the environment or an env file, else the
+        compose files' literal top-level C(name), else the directory's name.
       - V(replaced) is the quick swap of a rollback - C(docker compose create) builds each new container
         with its full configuration and stops the old one just before, and the new ones start at once,
         without the dependency health polling of C(docker compose up), which would add up to half a

@@ -231,12 +231,17 @@ def main():
         module.fail_json(msg=str(exc), holder=ledger.lock_holder() if ledger else None)
     result = dict(changed=changed, holder=ledger.lock_holder(), resumed=resumed)
     if resumed and (resumed.get("damaged") or resumed.get("token") != p["takeover_token"]):
-        result["msg"] = "took over the lock of a run whose lease ended (%s, controller %s, %s)" % (
+        if resumed.get("unfinished"):
+            kind, why = "a run that ended unfinished", resumed["unfinished"]
+        elif isinstance(resumed.get("lease_expires"), (int, float)):
+            kind, why = "a run whose lease ended", "lease ended %s" % utc_stamp_of(resumed["lease_expires"])
+        else:
+            kind, why = "a run whose lease ended", "an empty or damaged lock file"
+        result["msg"] = "took over the lock of %s (%s, controller %s, %s)" % (
+            kind,
             resumed.get("holder", "?"),
             resumed.get("controller", "?"),
-            "lease ended %s" % utc_stamp_of(resumed["lease_expires"])
-            if isinstance(resumed.get("lease_expires"), (int, float))
-            else "an empty or damaged lock file",
+            why,
         )
     module.exit_json(**result)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import testbed
 from shop import LEDGER, RecreateShop
-from writer import RowWriter
+from writer import rows_written_throughout
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
@@ -230,15 +231,8 @@ def test_revert_keeps_every_row_written_during_the_rollback(shop):
     v2 = shop.deploy("v2")
     (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
 
-    with RowWriter(shop.stack.container_id("db")) as writer:
-        testbed.wait_for(lambda: len(writer.acknowledged) >= 10, timeout=30, what="the writer's first rows")
-        before = len(writer.acknowledged)
+    with rows_written_throughout(shop.stack.container_id("db"), at_least=100):
         result = shop.rollback(recreate_databases=shop.databases, recreate_health_timeout=20)
-        during = len(writer.acknowledged) - before
-        testbed.wait_for(lambda: len(writer.acknowledged) >= before + during + 10, timeout=30, what="rows after")
-    lost = writer.lost()
-    assert lost == [], "acknowledged rows lost: %d of %d" % (len(lost), len(writer.acknowledged))
-    assert during >= 100, "too few rows written during the rollback to tell: %d" % during
     assert result.returncode != 0 and "FAILED at step 'start'" in result.stdout, result.stdout[-4000:]
     assert "put back on release %s and it serves again (verified)" % v2 in result.stdout
     assert "Data: left as it was, with every write made during the rollback" in result.stdout
@@ -290,13 +284,14 @@ def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_vers
     shop.write("row 1")
     v2 = shop.deploy("v2")
     shop.write("row 2")
-    thread, damaged = damage_archive_once_serving(shop, "v1", "*_dbdata-*.tar*")
-    result = shop.rollback(
-        recreate_revert_data="always",
-        recreate_health_timeout=20,
-        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
-    )
-    thread.join(timeout=5)
+    with rows_written_throughout(shop.stack.container_id("db")):
+        thread, damaged = damage_archive_once_serving(shop, "v1", "*_dbdata-*.tar*")
+        result = shop.rollback(
+            recreate_revert_data="always",
+            recreate_health_timeout=20,
+            recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+        )
+        thread.join(timeout=5)
     assert damaged, "the archive was not damaged during the rollback"
     assert_served_again_without_its_data(shop, result, v2)
     listing = shop.info()
@@ -332,17 +327,87 @@ def test_full_disk_during_the_reverts_safety_copy_still_puts_the_pre_rollback_ve
             filled.append(True)
 
         thread = threading.Thread(target=fill_once_serving, daemon=True)
-        thread.start()
-        result = shop.rollback(
-            recreate_revert_data="always",
-            recreate_backup_margin_mb=0,
-            recreate_health_timeout=20,
-            recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
-        )
-        thread.join(timeout=5)
+        with rows_written_throughout(shop.stack.container_id("db")):
+            thread.start()
+            result = shop.rollback(
+                recreate_revert_data="always",
+                recreate_backup_margin_mb=0,
+                recreate_health_timeout=20,
+                recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+            )
+            thread.join(timeout=5)
     assert filled, "the disk was not filled during the rollback"
     assert_served_again_without_its_data(shop, result, v2)
     assert shop.info()["lock"] is None
+
+
+@contextlib.contextmanager
+def dump_load_cut_half_way(container, table="records"):
+    """The first dump load that runs in the block is ended half-way by the server: a session of
+    this test holds a share lock on `table`, so the load, once its transaction has begun emptying
+    the database, waits there; its session is then terminated. Yields the pids it ended."""
+    psql = ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-U", "postgres", "-d", "shop"]
+    holder = subprocess.Popen(psql, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    holder.stdin.write(b"BEGIN;\nLOCK TABLE %s IN ACCESS SHARE MODE;\nSELECT 'held';\n" % table.encode())
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == b"held", "could not hold a lock on %s" % table
+    # The load empties the database with DROP SCHEMA ... CASCADE in its transaction (see _dump).
+    ended, stop = [], threading.Event()
+    end_waiting_load = (
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND wait_event_type = 'Lock' AND query LIKE '%DROP SCHEMA%'"
+    )
+
+    def watch():
+        deadline = time.monotonic() + 300
+        while not stop.is_set() and not ended and time.monotonic() < deadline:
+            out = subprocess.run([*psql, "-c", end_waiting_load], capture_output=True, timeout=30, check=False)
+            out = out.stdout.decode()
+            ended.extend(int(line.split("|")[0]) for line in out.split() if line.endswith("|t"))
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield ended
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        with contextlib.suppress(OSError):
+            holder.stdin.write(b"COMMIT;\n")
+            holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+@pytest.mark.serial
+def test_dump_load_failing_half_way_leaves_every_row_and_puts_the_pre_rollback_version_back(shop):
+    """The database declared, recreate_revert_data always, a target that fails verification: the
+    revert's load of the dump is ended half-way by the server, its transaction rolls back, and the
+    database keeps every row written before and during the rollback; the pre-rollback version is
+    started and verified all the same, with a record, the lock released and a report naming what
+    was not put back; the next run converges."""
+    shop.databases = testbed.SHOP_DATABASES["postgres"]
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    db = shop.stack.container_id("db")
+    with rows_written_throughout(db), dump_load_cut_half_way(db) as ended:
+        result = shop.rollback(
+            recreate_databases=shop.databases,
+            recreate_revert_data="always",
+            recreate_health_timeout=20,
+            recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+        )
+    assert ended, "no dump load was ended during the rollback: %s" % result.stdout[-4000:]
+    assert_served_again_without_its_data(shop, result, v2)
+    assert "its transaction rolled back" in result.stdout, result.stdout[-4000:]
+    listing = shop.info()
+    assert listing["current"]["id"] == v2 and listing["lock"] is None, listing
+
+    again = shop.rollback(recreate_databases=shop.databases)
+    assert_ok(again)
+    assert shop.version() == "v1" and shop.rows() == ["row 1", "row 2"]
 
 
 @pytest.mark.serial
@@ -369,6 +434,7 @@ def test_revert_that_does_not_serve_leaves_its_plan_and_the_next_run_finishes_it
     assert_ok(again)
     assert time.monotonic() - started < 120, "the next run waited for the unfinished lock"
     assert "it was rolling back from release %s to %s" % (v2, v2) in again.stdout, again.stdout[-4000:]
+    assert "took over the lock of a run that ended unfinished" in again.stdout
     assert shop.version() == "v2" and shop.rows() == ["row 1"]
     listing = shop.info()
     assert (listing["current"]["id"], listing["previous"]["id"], listing["lock"]) == (v2, v1, None), listing
@@ -379,24 +445,76 @@ def test_run_killed_during_the_revert_is_finished_by_the_next_run(shop, tmp_path
     shop.deploy("v1")
     shop.write("row 1")
     v2 = shop.deploy("v2")
-    run = shop.start_rollback(
-        tmp_path / "killed.log",
-        recreate_health_timeout=10,
-        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
-    )
-    try:
-        testbed.wait_for(lambda: (shop.lock() or {}).get("step") == "revert" or run.poll() is not None, 180, "revert")
-        assert run.poll() is None, "the run ended before its revert: %s" % (tmp_path / "killed.log").read_text()[-3000:]
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=30)
-    assert shop.lock()["plan"] == {"from": v2, "to": v2}, shop.lock()
+    with rows_written_throughout(shop.stack.container_id("db"), max_seconds=400):
+        log = tmp_path / "killed.log"
+        run = shop.start_rollback(
+            log,
+            recreate_health_timeout=10,
+            recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+        )
+        try:
 
-    result = shop.rollback()
+            def reverting():
+                return run.poll() is not None or (shop.lock() or {}).get("step") == "revert"
+
+            testbed.wait_for(reverting, 180, "the revert")
+            assert run.poll() is None, "the run ended before its revert: %s" % log.read_text()[-3000:]
+        finally:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=30)
+        assert shop.lock()["plan"] == {"from": v2, "to": v2}, shop.lock()
+
+        result = shop.rollback()
     assert_ok(result)
     assert "it was rolling back from release %s to %s" % (v2, v2) in result.stdout, result.stdout[-4000:]
     assert shop.version() == "v2" and shop.rows() == ["row 1"]
     assert shop.info()["current"]["id"] == v2 and shop.lock() is None
+
+
+def test_rollback_whose_record_fails_keeps_its_plan_and_the_next_run_records_it(shop):
+    """The rollback is done and verified, but its record cannot be written (the project's ledger
+    history became unwritable while the target was verified): the play fails saying that the host
+    serves the target and what was not recorded, the audit log says unrecorded_rollback (not a
+    failed rollback), and the lock keeps the plan marked unfinished; once the ledger can be written
+    again, the next run records the rollback without touching the containers."""
+    v1 = shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    history = LEDGER / "projects" / shop.stack.name / "history.jsonl"
+    saved = history.with_name("history.saved")
+    broken = []
+
+    def break_history_once_verifying():
+        testbed.wait_for(lambda: (shop.lock() or {}).get("step") == "verify", 180, "the verification")
+        history.rename(saved)
+        history.mkdir()
+        broken.append(True)
+
+    thread = threading.Thread(target=break_history_once_verifying, daemon=True)
+    thread.start()
+    result = shop.rollback(recreate_health_http=[{"url": shop.url + "/health", "successes": 5}])
+    thread.join(timeout=5)
+    assert broken, "the ledger was not broken during the rollback"
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "and verified: it serves. But the record of the rollback could NOT be written" in result.stdout, (
+        result.stdout[-4000:]
+    )
+    assert shop.version() == "v1"
+    audited = shop.audit()[-1]
+    assert audited["event"] == "unrecorded_rollback" and audited["details"]["to"] == v1, audited
+    lock = shop.lock()
+    assert lock and lock["unfinished"] and lock["plan"] == {"from": v2, "to": v1}, lock
+
+    history.rmdir()
+    saved.rename(history)
+    app = shop.stack.container_id("app")
+    again = shop.rollback()
+    assert_ok(again)
+    assert "took over the lock of a run that ended unfinished" in again.stdout, again.stdout[-4000:]
+    assert shop.version() == "v1" and shop.stack.container_id("app") == app
+    listing = shop.info()
+    assert (listing["current"]["id"], listing["lock"]) == (v1, None), listing
+    assert [e["event"] for e in listing["history"]][-2:] == ["deploy", "rollback"], listing["history"]
+    assert shop.audit()[-1]["event"] == "rollback"
 
 
 def test_second_rollback_waits_its_turn_then_fails_naming_the_holder(shop, tmp_path):

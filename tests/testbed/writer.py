@@ -14,6 +14,8 @@ import subprocess
 import threading
 import time
 
+import testbed
+
 TABLE = "numbered_writes"
 
 
@@ -27,6 +29,7 @@ class RowWriter:
         self.acknowledged = set()
         self.sent = 0
         self.sessions = 0
+        self.during = None
         self.first_ack_at = None
         self.last_ack_at = None
         self._stop = threading.Event()
@@ -102,3 +105,20 @@ class RowWriter:
                 reader.join(timeout=10)
             # The database is away (stopped, restarting): try a new session shortly.
             self._stop.wait(0.2)
+
+
+@contextlib.contextmanager
+def rows_written_throughout(container, at_least=50, **options):
+    """A RowWriter around the block, with a row every 40 ms: some rows acknowledged before it
+    runs and after it ends, at least `at_least` while it runs (`writer.during` counts them), and on
+    exit no acknowledged row missing from the table."""
+    with RowWriter(container, **options) as writer:
+        testbed.wait_for(lambda: len(writer.acknowledged) >= 10, 30, "the writer's first rows")
+        before = len(writer.acknowledged)
+        yield writer
+        writer.during = len(writer.acknowledged) - before
+        after = before + writer.during + 10
+        testbed.wait_for(lambda: len(writer.acknowledged) >= after, 60, "the writer's rows after the block")
+    lost = writer.lost()
+    assert lost == [], "acknowledged rows lost: %d of %d (%s...)" % (len(lost), len(writer.acknowledged), lost[:10])
+    assert writer.during >= at_least, "too few rows written during the block to tell: %d" % writer.during

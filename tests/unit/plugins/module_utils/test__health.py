@@ -71,6 +71,21 @@ def test_log_patterns(line, hit):
     assert (check.scan(line) is not None) == hit
 
 
+@pytest.mark.parametrize(
+    ("line", "hit"),
+    [
+        ("2026-12-06 05:33:58.627 UTC [27] FATAL:  terminating connection due to administrator command", False),
+        ("2026-12-06 05:33:58.627 UTC [27] FATAL:  the database system is starting up", False),
+        ("2026-12-06 05:33:58.627 UTC [27] FATAL:  the database system is shutting down", False),
+        ('2026-12-06 05:33:58.627 UTC [27] FATAL:  could not open file "base/1/2": No such file', True),
+        ('2026-12-06 05:33:58.627 UTC [27] FATAL:  password authentication failed for user "shop"', True),
+    ],
+)
+def test_default_ignores_pass_over_only_postgresqls_session_endings(line, hit):
+    check = _health.LogCheck("db", _health.DEFAULT_FAIL_PATTERNS, _health.DEFAULT_IGNORE_PATTERNS)
+    assert (check.scan(line) is not None) == hit
+
+
 def test_docker_time():
     assert _health.parse_docker_time("0001-01-01T00:00:00Z") is None
     assert _health.parse_docker_time("2026-11-24T20:41:00.5Z") == pytest.approx(1795552860.5)

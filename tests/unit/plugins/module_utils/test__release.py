@@ -289,3 +289,32 @@ def test_audited_in_check_mode_writes_nothing(tmp_path):
     params = dict(ledger_dir=str(tmp_path), project_src="/srv/shop")
     assert _release.Releases(AuditModule(params, check_mode=True), NoEngine()).audited()["changed"]
     assert not (tmp_path / "audit.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("files", "environ", "expected"),
+    [
+        # Compose's order: the environment, an env file, the compose files' name:, the directory.
+        ({}, {}, "myshop_1"),
+        ({"compose.yaml": "name: shop-prod\nservices: {}\n"}, {}, "shop-prod"),
+        ({"compose.yaml": "name: 'shop-prod' # ours\nservices: {}\n"}, {}, "shop-prod"),
+        ({"compose.yaml": "name: shop-prod\n", ".env": "COMPOSE_PROJECT_NAME=shop-env\n"}, {}, "shop-env"),
+        ({"compose.yaml": "name: shop-prod\n"}, {"COMPOSE_PROJECT_NAME": "from-env"}, "from-env"),
+        # A later file's name wins; an interpolated name is left to the directory's.
+        ({"compose.yaml": "name: a\n", "compose.override.yaml": "name: b\n"}, {}, "b"),
+        ({"compose.yaml": "name: ${STACK}\nservices:\n  name: x\n"}, {}, "myshop_1"),
+    ],
+)
+def test_offline_project_name_follows_compose(tmp_path, files, environ, expected):
+    src = tmp_path / "My Shop_1"
+    src.mkdir()
+    for name, text in files.items():
+        (src / name).write_text(text)
+    (src / "compose.yaml").touch()
+    assert _release.offline_project_name(str(src), environ=environ) == expected
+
+
+def test_offline_project_name_passes_over_what_cannot_be_read(tmp_path):
+    src = tmp_path / "shop"
+    src.mkdir()
+    assert _release.offline_project_name(str(src), files=["gone.yml", "../outside.yml"], environ={}) == "shop"
