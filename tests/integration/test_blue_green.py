@@ -234,6 +234,29 @@ def test_run_killed_at_a_step_is_finished_by_the_next_run(bg_shop, tmp_path, pha
     assert listing["current"]["id"] == v1 and listing["lock"] is None
 
 
+def rollback_breaking_blues_compose_file(shop, damage):
+    """A rollback during which damage(path) breaks blue's compose file once Caddy has switched
+    to green (as a deploy running beside it would), numbered rows written throughout and none
+    lost; it must fail at blue's stop. The drain gives the damage time to land before the stop."""
+    compose = shop.dir / "compose.yml"
+    damaged = []
+
+    def damage_once_switched():
+        testbed.wait_for(lambda: (shop.lock() or {}).get("phase") == "switched_to_alternate", 180, "the switch")
+        damage(compose)
+        damaged.append(True)
+
+    thread = threading.Thread(target=damage_once_switched, daemon=True)
+    with rows_written_throughout(shop.stack.container_id("db")):
+        thread.start()
+        result = shop.rollback(blue_green_drain_seconds=5)
+        thread.join(timeout=5)
+    assert damaged, "the compose file was not damaged during the rollback"
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "FAILED at step 'stop blue'" in result.stdout, result.stdout[-5000:]
+    return result
+
+
 def test_failing_stop_of_blue_puts_blue_back_with_a_record_and_every_row(bg_shop):
     """Blue's stop fails (its compose file is damaged once Caddy has switched to green, as a deploy
     running beside the rollback would): blue is started again on the original ports and gets the
@@ -242,23 +265,7 @@ def test_failing_stop_of_blue_puts_blue_back_with_a_record_and_every_row(bg_shop
     shop = bg_shop
     v1 = shop.deploy("v1")
     v2 = shop.deploy("v2")
-    compose = shop.dir / "compose.yml"
-    damaged = []
-
-    def damage_once_switched():
-        testbed.wait_for(lambda: (shop.lock() or {}).get("phase") == "switched_to_alternate", 180, "the switch")
-        compose.write_text("services: [this is not a compose file\n")
-        damaged.append(True)
-
-    thread = threading.Thread(target=damage_once_switched, daemon=True)
-    with rows_written_throughout(shop.stack.container_id("db")):
-        thread.start()
-        # The drain gives the damage time to land before blue's stop reads the file.
-        result = shop.rollback(blue_green_drain_seconds=5)
-        thread.join(timeout=5)
-    assert damaged, "the compose file was not damaged during the rollback"
-    assert result.returncode != 0, result.stdout[-3000:]
-    assert "FAILED at step 'stop blue'" in result.stdout, result.stdout[-5000:]
+    result = rollback_breaking_blues_compose_file(shop, lambda compose: compose.write_text("services: [not compose\n"))
     assert "Blue (release %s) was started again on the original" % v2 in result.stdout, result.stdout[-5000:]
     assert shop.served() == "v2" and shop.version() == "v2"
     assert shop.caddy.running_dials() == [["127.0.0.1:%d" % shop.port]]
@@ -284,22 +291,12 @@ def test_way_back_that_fails_too_keeps_its_plan_and_the_next_run_finishes_it(bg_
     v2 = shop.deploy("v2")
     compose = shop.dir / "compose.yml"
     original = compose.read_text()
-    made_a_directory = []
 
-    def directory_once_switched():
-        testbed.wait_for(lambda: (shop.lock() or {}).get("phase") == "switched_to_alternate", 180, "the switch")
-        compose.unlink()
-        compose.mkdir()
-        made_a_directory.append(True)
+    def directory(path):
+        path.unlink()
+        path.mkdir()
 
-    thread = threading.Thread(target=directory_once_switched, daemon=True)
-    with rows_written_throughout(shop.stack.container_id("db")):
-        thread.start()
-        result = shop.rollback(blue_green_drain_seconds=5)
-        thread.join(timeout=5)
-    assert made_a_directory, "the compose file was not replaced during the rollback"
-    assert result.returncode != 0, result.stdout[-3000:]
-    assert "FAILED at step 'stop blue'" in result.stdout, result.stdout[-5000:]
+    result = rollback_breaking_blues_compose_file(shop, directory)
     assert "Putting blue (release %s) back FAILED too" % v2 in result.stdout, result.stdout[-5000:]
     assert "Caddy sends the traffic to green" in result.stdout and "The project lock keeps the plan" in result.stdout
     assert shop.served() == "v1"
@@ -315,12 +312,7 @@ def test_way_back_that_fails_too_keeps_its_plan_and_the_next_run_finishes_it(bg_
 
     compose.rmdir()
     compose.write_text(original)
-    started = time.monotonic()
-    again = shop.rollback()
-    assert_ok(again)
-    assert time.monotonic() - started < 240, "the next run waited for the unfinished lock"
-    assert "it was rolling back from release %s to %s" % (v2, v2) in again.stdout, again.stdout[-4000:]
-    assert "took over the lock of a run that ended unfinished" in again.stdout
+    shop.rollback_finishing_an_unfinished_plan(v2, within=240)
     assert shop.served() == "v2" and shop.version() == "v2"
     assert shop.caddy.running_dials() == [["127.0.0.1:%d" % shop.port]]
     assert shop.containers(shop.stack.name + "-green") == []

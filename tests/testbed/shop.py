@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import testbed
@@ -88,6 +89,17 @@ class Shop:
         return testbed.run_playbook(
             self.playbook, self.variables(**variables), inventory=str(self.inventory), check=check, extra_args=args
         )
+
+    def rollback_finishing_an_unfinished_plan(self, release, within, **variables):
+        """The run after one that left its plan (put `release` back) in the lock, marked
+        unfinished: it takes the lock over at once, not after the lease, and finishes that plan."""
+        started = time.monotonic()
+        result = self.rollback(**variables)
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        assert time.monotonic() - started < within, "the run waited for the unfinished lock"
+        assert "took over the lock of a run that ended unfinished" in result.stdout, result.stdout[-4000:]
+        assert "it was rolling back from release %s to %s" % (release, release) in result.stdout, result.stdout[-4000:]
+        return result
 
     def start_rollback(self, log_path, **variables):
         """Start a rollback in the background (to be killed); its output goes to log_path."""
