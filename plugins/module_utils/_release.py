@@ -585,7 +585,7 @@ class Releases:
         """
         p = self.params
         name = p.get("project_name") or offline_project_name(p["project_src"], p.get("files"), p.get("env_files"))
-        event = AUDITED_EVENTS.get(self.params["event"], "refused_rollback")
+        event = AUDITED_EVENTS.get(p["event"], "refused_rollback")
         entry = {"event": event, "time": utcnow(), "details": self.params.get("details") or {}}
         if not self.module.check_mode:
             Ledger(self.params["ledger_dir"], name).audit(entry)
