@@ -33,6 +33,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 
 from ansible_collections.stackops.rollback.plugins.module_utils._files import append_json_line, atomic_write, read_bytes
@@ -57,6 +58,20 @@ DEFAULT_LEASE = 600
 # recorded for the audit but never becomes `current` or `previous`.
 SETTLED_EVENTS = DEPLOY_EVENTS + ROLLBACK_EVENTS
 FAILED_EVENTS = ("failed_rollback",)
+
+
+# The options of a module that renews this run's lease on the project lock while it works
+# (documented by the doc fragment stackops.rollback.ledger.lease).
+LEASE_ARGS = dict(
+    ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
+    renew_lock=dict(
+        type="dict",
+        options=dict(
+            project=dict(type="str", required=True),
+            token=dict(type="str", required=True, no_log=False),
+        ),
+    ),
+)
 
 
 class LedgerError(Exception):
@@ -504,3 +519,66 @@ class Ledger:
                 )
             os.unlink(self.lock_path)
             return True
+
+
+class LeaseKeeper:
+    """Keeps a run's lease on its project lock while one long step runs (a health wait, a
+    backup, a drain), renewing it from a thread every third of the lease: a step longer than
+    the lease is never taken for a dead run. It stops with the step, so a run that really died
+    is still taken over once its lease ends."""
+
+    def __init__(self, ledger, token, interval=None):
+        self.ledger = ledger
+        self.token = token
+        self.interval = interval
+        self.lost = None  # why a renewal failed during the step (the lock was taken over)
+        self._stopped = threading.Event()
+        self._thread = None
+
+    def start(self):
+        """Renew now; raise LedgerError when this run does not hold the lock (nothing started)."""
+        self.ledger.update_lock(self.token, {})
+        seconds = (self.ledger.lock_holder() or {}).get("lease_seconds")
+        if not isinstance(seconds, (int, float)) or seconds <= 0:
+            return  # a lock without a lease never expires by time: nothing to renew
+        interval = self.interval or max(1.0, seconds / 3.0)
+        self._thread = threading.Thread(target=self._renew_every, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _renew_every(self, interval):
+        while not self._stopped.wait(interval):
+            try:
+                self.ledger.update_lock(self.token, {})
+            except (LedgerError, OSError) as exc:
+                self.lost = str(exc)
+                return
+
+    def stop(self):
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_keeping_lease(module, work):
+    """Run work() while keeping the lease of the lock named by the module's renew_lock option.
+
+    Without that option, or in check mode (which takes no lock), it only runs work(). A run that
+    does not hold the lock any more (taken over) fails before the step changes anything.
+    """
+    lock = module.params.get("renew_lock")
+    if not lock or module.check_mode:
+        return work()
+    keeper = LeaseKeeper(Ledger(module.params["ledger_dir"], lock["project"]), lock["token"])
+    try:
+        keeper.start()
+    except LedgerError as exc:
+        module.fail_json(msg="%s; this step did not start and changed nothing" % exc)
+    try:
+        return work()
+    finally:
+        keeper.stop()
+        if keeper.lost:
+            module.warn(
+                "the lease on project %s's lock could not be renewed during this step: %s"
+                % (lock["project"], keeper.lost)
+            )

@@ -33,6 +33,8 @@ extends_documentation_fragment:
   - stackops.rollback.attributes
   - stackops.rollback.compose_project
   - stackops.rollback.docker
+  - stackops.rollback.ledger
+  - stackops.rollback.ledger.lease
 attributes:
   check_mode:
     support: full
@@ -324,6 +326,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._health import (
     HealthInputError,
     ProjectHealth,
 )
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import LEASE_ARGS, run_keeping_lease
 
 
 def main():
@@ -385,9 +388,10 @@ def main():
     )
     argument_spec.update(COMPOSE_PROJECT_ARGS)
     argument_spec.update(profiles=dict(type="list", elements="str"))
+    argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(argument_spec, required_one_of=[("project_src", "project_name")])
     try:
-        result = ProjectHealth(module.params, engine).run()
+        result = run_keeping_lease(module, ProjectHealth(module.params, engine).run)
     except (HealthInputError, EngineError) as exc:
         module.fail_json(msg=str(exc), healthy=False)
     if not result["healthy"] and module.params["fail_on_unhealthy"]:

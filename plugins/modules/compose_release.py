@@ -39,6 +39,7 @@ extends_documentation_fragment:
   - stackops.rollback.compose_project
   - stackops.rollback.databases
   - stackops.rollback.ledger
+  - stackops.rollback.ledger.lease
   - stackops.rollback.docker
 attributes:
   check_mode:
@@ -299,14 +300,17 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import compose_project_args
 from ansible_collections.stackops.rollback.plugins.module_utils._database import DATABASES_ARG, DatabaseError
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, LedgerError
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
+    LEASE_ARGS,
+    LedgerError,
+    run_keeping_lease,
+)
 from ansible_collections.stackops.rollback.plugins.module_utils._release import ReleaseError, Releases
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import VolumeError
 
 
 def main():
     argument_spec = dict(
-        ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
         state=dict(type="str", choices=["present", "restored", "pulled", "replaced", "audited"], default="present"),
         services=dict(type="list", elements="str"),
         first_answer=dict(type="list", elements="str", default=[]),
@@ -322,9 +326,10 @@ def main():
         restore_point_dir=dict(type="path", default="/var/backups/stackops-rollback/restore-points"),
     )
     argument_spec.update(compose_project_args(project_src=dict(required=True)))
+    argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(argument_spec)
     try:
-        results = Releases(module, engine).run()
+        results = run_keeping_lease(module, Releases(module, engine).run)
     except (LedgerError, ReleaseError, EngineError, DatabaseError, ArchiveError, VolumeError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

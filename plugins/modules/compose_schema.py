@@ -37,6 +37,7 @@ extends_documentation_fragment:
   - stackops.rollback.compose_project
   - stackops.rollback.databases
   - stackops.rollback.ledger
+  - stackops.rollback.ledger.lease
   - stackops.rollback.docker
 attributes:
   check_mode:
@@ -199,7 +200,11 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import compose_project_args
 from ansible_collections.stackops.rollback.plugins.module_utils._database import DATABASES_ARG, DatabaseError
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, LedgerError
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
+    LEASE_ARGS,
+    LedgerError,
+    run_keeping_lease,
+)
 from ansible_collections.stackops.rollback.plugins.module_utils._release import ReleaseError
 from ansible_collections.stackops.rollback.plugins.module_utils._verdict import DowngradeFailed, SchemaVerdicts
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import VolumeError
@@ -207,7 +212,6 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
 
 def main():
     argument_spec = dict(
-        ledger_dir=dict(type="path", default=DEFAULT_LEDGER_DIR),
         databases=DATABASES_ARG,
         target=dict(type="str", default="previous"),
         state=dict(type="str", choices=["checked", "downgraded", "restored"], default="checked"),
@@ -221,9 +225,10 @@ def main():
         count_rows=dict(type="bool", default=False),
     )
     argument_spec.update(compose_project_args(project_src=dict(required=True)))
+    argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(argument_spec)
     try:
-        results = SchemaVerdicts(module, engine).run()
+        results = run_keeping_lease(module, SchemaVerdicts(module, engine).run)
     except DowngradeFailed as exc:
         module.fail_json(msg=str(exc), **exc.results)
     except (DatabaseError, LedgerError, ReleaseError, EngineError, ArchiveError, VolumeError) as exc:

@@ -30,6 +30,8 @@ author:
 extends_documentation_fragment:
   - stackops.rollback.attributes
   - stackops.rollback.docker
+  - stackops.rollback.ledger
+  - stackops.rollback.ledger.lease
   - stackops.rollback.databases
 attributes:
   check_mode:
@@ -166,6 +168,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
 from ansible_collections.stackops.rollback.plugins.module_utils._database import DATABASES_ARG, DatabaseError
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
 from ansible_collections.stackops.rollback.plugins.module_utils._dump import DatabaseDumps
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import LEASE_ARGS, run_keeping_lease
 
 
 def main():
@@ -179,6 +182,7 @@ def main():
         keep=dict(type="int", default=0),
         safety_dir=dict(type="path"),
     )
+    argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(
         argument_spec,
         required_if=[
@@ -189,7 +193,7 @@ def main():
     )
     p = module.params
     try:
-        result = DatabaseDumps(module, engine, p["project"], p["databases"]).run()
+        result = run_keeping_lease(module, DatabaseDumps(module, engine, p["project"], p["databases"]).run)
     except (ArchiveError, DatabaseError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

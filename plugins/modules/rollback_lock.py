@@ -103,8 +103,10 @@ options:
         lock renews the lease; a lease that ended more than O(grace) seconds ago belongs to a run
         that died, and any run, from any controller, takes the lock over (and gets the dead run's
         record in RV(resumed)).
-      - Longer than the longest step between two updates of the lock (the roles update it at each
-        step; a backup of a very large volume is one step).
+      - The roles update the lock at each step, and their long steps (a pull, a backup, a load, a
+        health wait, a migration) renew the lease all the while they work (the renew_lock option of
+        M(stackops.rollback.compose_health) and the other long-running modules), so a live run is not
+        taken over however long one step lasts.
       - Not given, a new lock takes 600 seconds and a renewal keeps the lease the lock was taken with.
       - V(0) takes no lease; such a lock is taken over only from its own controller, once its
         process is gone.

@@ -37,6 +37,8 @@ author:
 extends_documentation_fragment:
   - stackops.rollback.attributes
   - stackops.rollback.docker
+  - stackops.rollback.ledger
+  - stackops.rollback.ledger.lease
 attributes:
   check_mode:
     support: full
@@ -217,6 +219,7 @@ backups:
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError
 from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import LEASE_ARGS, run_keeping_lease
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import VolumeError
 
 
@@ -235,13 +238,14 @@ def main():
         safety_dir=dict(type="path"),
         create_volume=dict(type="bool", default=False),
     )
+    argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(
         argument_spec,
         mutually_exclusive=[("name", "project")],
         required_if=[("state", "backup", ("name", "project"), True), ("state", "restore", ("name", "archive"))],
     )
     try:
-        result = VolumeBackups(module, engine).run()
+        result = run_keeping_lease(module, VolumeBackups(module, engine).run)
     except (ArchiveError, VolumeError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

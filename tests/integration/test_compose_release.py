@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -269,6 +270,49 @@ def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_
     assert taken["resumed"]["token"] == "run-1" and taken["resumed"]["plan"]["to"] == "bbbbbbbbbbbb", taken
     assert "took over the lock of a run whose lease ended (job 41, controller awx-job-41" in taken["msg"], taken
     assert taken["holder"]["controller"] == "awx-job-42"
+
+
+def test_a_live_run_is_not_taken_over_during_a_step_longer_than_its_lease(app_stack):
+    """A health wait three times longer than the run's lease: the module keeps the lease while it
+    waits, so a second controller is refused all through the step; once the step has ended, the
+    lease runs out and the second controller takes the lock over."""
+    lease, grace, step_seconds = 10, 5, 40
+    first = dict(project=app_stack.name, ledger_dir=app_stack.ledger, token="run-1", holder="job 41")
+    held = testbed.run_module("rollback_lock", dict(first, lease=lease, grace=grace), controller="awx-job-41")
+    assert held["changed"], held
+    waited = []
+    step = threading.Thread(
+        target=lambda: waited.append(
+            testbed.run_module(
+                "compose_health",
+                dict(
+                    project_src=str(app_stack.dir),
+                    project_name=app_stack.name,
+                    timeout=step_seconds,
+                    http=[{"url": "http://127.0.0.1:%d/never-there" % app_stack.port, "timeout": 2}],
+                    logs={"enabled": False},
+                    fail_on_unhealthy=False,
+                    ledger_dir=app_stack.ledger,
+                    renew_lock={"project": app_stack.name, "token": "run-1"},
+                ),
+                controller="awx-job-41",
+            )
+        ),
+        daemon=True,
+    )
+    step.start()
+    second = dict(first, token="run-2", holder="job 42", lease=lease, grace=grace, wait_timeout=0)
+    time.sleep(lease + grace + 3)  # unrenewed, the first run's lock would be free by now
+    for attempt in (1, 2):
+        refused = testbed.run_module("rollback_lock", second, controller="awx-job-42")
+        assert refused.get("failed") and "job 41" in refused["msg"], (attempt, refused)
+        time.sleep(3)
+    assert step.is_alive(), "the step ended before the second controller had tried twice"
+    step.join(timeout=step_seconds + 60)
+    assert waited and waited[0]["healthy"] is False and not waited[0].get("failed"), waited
+    assert not waited[0].get("warnings"), waited[0]
+    taken = testbed.run_module("rollback_lock", dict(second, wait_timeout=lease + grace + 30), controller="awx-job-42")
+    assert taken.get("changed") and taken["resumed"]["token"] == "run-1", taken
 
 
 def test_an_empty_lock_file_is_taken_over_after_its_grace(run_module, tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+import time
 
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _ledger
@@ -222,3 +223,92 @@ def test_an_unfinished_lock_is_taken_over_at_once_with_its_plan(tmp_path):
     changed, resumed = ledger.acquire({"holder": "next", "token": "t2"}, lease=600, grace=60, now=2.0)
     assert changed and resumed["plan"] == {"from": "a", "to": "a"} and resumed["unfinished"]
     assert "unfinished" not in ledger.lock_holder(), "the taking run's lock is not unfinished"
+
+
+def wait_until(condition, seconds=5.0):
+    stop = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < stop, "not reached within %s s" % seconds
+        time.sleep(0.01)
+
+
+def test_a_long_step_keeps_renewing_the_lease_and_stops_with_the_step(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1", "step": "verify"}, lease=30, grace=0, now=time.time() - 29)
+    first_expiry = ledger.lock_holder()["lease_expires"]
+    keeper = _ledger.LeaseKeeper(ledger, "t1", interval=0.05)
+    keeper.start()
+    try:
+        assert ledger.lock_holder()["lease_expires"] > first_expiry + 25, "not renewed when the step started"
+        started = ledger.lock_holder()["lease_expires"]
+        wait_until(lambda: ledger.lock_holder()["lease_expires"] > started)
+    finally:
+        keeper.stop()
+    stopped = ledger.lock_holder()
+    time.sleep(0.2)
+    assert ledger.lock_holder() == stopped, "renewed after the step ended: a dead run would never be taken over"
+    assert stopped["step"] == "verify" and stopped["lease_seconds"] == 30 and keeper.lost is None
+
+
+def test_a_step_of_a_run_whose_lock_was_taken_over_does_not_start(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "the next run", "token": "t2"}, lease=30)
+    with pytest.raises(LedgerError, match="not held by this run"):
+        _ledger.LeaseKeeper(ledger, "t1").start()
+    assert ledger.lock_holder()["token"] == "t2"
+
+
+def test_a_lock_taken_over_during_a_step_is_reported_lost(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1"}, lease=30)
+    keeper = _ledger.LeaseKeeper(ledger, "t1", interval=0.05)
+    keeper.start()
+    try:
+        ledger.release_lock(force=True)
+        ledger.acquire({"holder": "the next run", "token": "t2"}, lease=30)
+        wait_until(lambda: keeper.lost)
+    finally:
+        keeper.stop()
+    assert "not held by this run" in keeper.lost and ledger.lock_holder()["token"] == "t2"
+
+
+def test_a_lock_without_a_lease_needs_no_renewal(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "old release", "token": "t1"}, lease=0)
+    keeper = _ledger.LeaseKeeper(ledger, "t1", interval=0.01)
+    keeper.start()
+    assert keeper._thread is None
+    keeper.stop()
+
+
+class FakeModule:
+    def __init__(self, params, check_mode=False):
+        self.params = dict(params)
+        self.check_mode = check_mode
+        self.warnings = []
+
+    def warn(self, msg):
+        self.warnings.append(msg)
+
+    def fail_json(self, **kwargs):
+        raise SystemExit(kwargs)
+
+
+def test_run_keeping_lease_renews_only_when_asked_and_never_in_check_mode(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1"}, lease=30, now=time.time() - 20)
+    before = ledger.lock_holder()["lease_expires"]
+    lease = {"project": "shop", "token": "t1"}
+    unasked = FakeModule({"renew_lock": None, "ledger_dir": str(tmp_path)})
+    assert _ledger.run_keeping_lease(unasked, lambda: 1) == 1
+    checking = FakeModule({"renew_lock": lease, "ledger_dir": str(tmp_path)}, check_mode=True)
+    assert _ledger.run_keeping_lease(checking, lambda: 2) == 2
+    assert ledger.lock_holder()["lease_expires"] == before
+    module = FakeModule({"renew_lock": lease, "ledger_dir": str(tmp_path)})
+    assert _ledger.run_keeping_lease(module, lambda: 3) == 3
+    assert ledger.lock_holder()["lease_expires"] > before + 15 and not module.warnings
+    taken = FakeModule({"renew_lock": dict(lease, token="t0"), "ledger_dir": str(tmp_path)})
+    ran = []
+    with pytest.raises(SystemExit) as failed:
+        _ledger.run_keeping_lease(taken, lambda: ran.append(1))
+    assert not ran and "did not start and changed nothing" in failed.value.args[0]["msg"]
