@@ -79,6 +79,12 @@ class Compose:
         _rc, out, _err = self.run(["config", "--format", "json"])
         return json.loads(out)
 
+    def source_config(self):
+        """The project model before interpolation and normalisation: each service's `env_file:`
+        entries are still there (`config` merges them into its environment)."""
+        _rc, out, _err = self.run(["config", "--format", "json", "--no-interpolate", "--no-normalize"])
+        return json.loads(out)
+
     def replace(self, services):
         """Recreate services from the current files and start them at once.
 

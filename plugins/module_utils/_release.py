@@ -30,6 +30,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     DEFAULT_COMPOSE_FILES,
     DEFAULT_ENV_FILE,
     DEFAULT_OVERRIDE_FILES,
+    PROJECT_RE,
     RELEASE_ID_RE,
     Ledger,
     LedgerError,
@@ -41,32 +42,90 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
 )
 
 ENV_REDACTED = "(environment file: content hidden)\n"
+# File kinds of a release: compose files, the env files Compose interpolates from (passed to each
+# compose call), and the services' own `env_file:` files. Both env kinds hold secrets.
+ENV_KINDS = ("env", "service_env")
 
 
 class ReleaseError(Exception):
     """A release cannot be captured, resolved, put back or pulled; says what to do, and that nothing stopped."""
 
 
-def project_file_names(project_src, files=None, env_files=None):
+def project_file_names(project_src, files=None, env_files=None, environ=None):
     """(compose files, env files) of a project as paths relative to project_src.
 
-    Without explicit files this is Compose's own lookup: the first default file and its
-    override; without explicit env files, `.env` when it exists.
+    Without explicit files this is Compose's own lookup: the files COMPOSE_FILE names (in the
+    environment or the env files), else the first default file and its override; without
+    explicit env files, `.env` when it exists.
     """
-    if files:
-        compose_files = [safe_relpath(os.path.relpath(os.path.join(project_src, f), project_src)) for f in files]
-    else:
-        compose_files = [name for name in DEFAULT_COMPOSE_FILES if os.path.isfile(os.path.join(project_src, name))][:1]
-        if not compose_files:
-            raise ReleaseError(
-                "no compose file in %s (looked for %s); set files" % (project_src, ", ".join(DEFAULT_COMPOSE_FILES))
-            )
-        compose_files += [n for n in DEFAULT_OVERRIDE_FILES if os.path.isfile(os.path.join(project_src, n))][:1]
     if env_files:
         envs = [safe_relpath(os.path.relpath(os.path.join(project_src, f), project_src)) for f in env_files]
     else:
         envs = [DEFAULT_ENV_FILE] if os.path.isfile(os.path.join(project_src, DEFAULT_ENV_FILE)) else []
+    if files:
+        compose_files = [safe_relpath(os.path.relpath(os.path.join(project_src, f), project_src)) for f in files]
+        return compose_files, envs
+    settings = compose_settings(project_src, envs, environ)
+    if settings.get("COMPOSE_FILE"):
+        separator = settings.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        named = [name for name in settings["COMPOSE_FILE"].split(separator) if name.strip()]
+        return [inside_project(project_src, name.strip(), "COMPOSE_FILE") for name in named], envs
+    compose_files = [name for name in DEFAULT_COMPOSE_FILES if os.path.isfile(os.path.join(project_src, name))][:1]
+    if not compose_files:
+        raise ReleaseError(
+            "no compose file in %s (looked for %s); set files" % (project_src, ", ".join(DEFAULT_COMPOSE_FILES))
+        )
+    compose_files += [n for n in DEFAULT_OVERRIDE_FILES if os.path.isfile(os.path.join(project_src, n))][:1]
     return compose_files, envs
+
+
+def inside_project(project_src, name, named_by):
+    """A file's path relative to project_src; a file outside it cannot be recorded: refused."""
+    relative = os.path.relpath(os.path.normpath(os.path.join(project_src, name)), project_src)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise ReleaseError(
+            "%s names %s, outside the project directory %s: the ledger records only the project's own "
+            "files, so a rollback could not put it back; move it into the project directory. Nothing was "
+            "recorded or changed" % (named_by, name, project_src)
+        )
+    return relative
+
+
+# One assignment of an env file as Compose reads it: KEY=value, optionally `export`ed, the value
+# optionally quoted; an unquoted value ends at a ` #` comment.
+_ENV_ASSIGNMENT = re.compile(r"""^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*(.*?)[ \t]*$""")
+
+
+def env_assignments(text):
+    """The variables an env file sets (the last assignment of each wins)."""
+    values = {}
+    for line in text.splitlines():
+        match = _ENV_ASSIGNMENT.match(line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        key, raw = match.groups()
+        if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0]:
+            values[key] = raw[1:-1]
+        else:
+            values[key] = re.split(r"[ \t]+#", raw, maxsplit=1)[0]
+    return values
+
+
+def compose_settings(project_src, env_names, environ=None):
+    """Compose's own settings (COMPOSE_FILE, COMPOSE_PROFILES, COMPOSE_PROJECT_NAME, ...) as a plain
+    `docker compose` in project_src reads them: the env files in order (a later one wins), then
+    the environment over them. Files that cannot be read are passed over."""
+    environ = os.environ if environ is None else environ
+    settings = {}
+    for name in env_names:
+        try:
+            with open(os.path.join(project_src, name), encoding="utf-8", errors="replace") as fh:
+                assigned = env_assignments(fh.read())
+        except OSError:
+            continue
+        settings.update({k: v for k, v in assigned.items() if k.startswith("COMPOSE_")})
+    settings.update({k: v for k, v in environ.items() if k.startswith("COMPOSE_") and v})
+    return settings
 
 
 def derived_project_name(project_src):
@@ -76,11 +135,8 @@ def derived_project_name(project_src):
     return re.sub(r"[^a-z0-9_-]", "", base).lstrip("_-")
 
 
-# A literal top-level `name:` (an interpolated one is left to Compose) and COMPOSE_PROJECT_NAME in an env file.
+# A literal top-level `name:` (an interpolated one is left to Compose).
 _COMPOSE_NAME = re.compile(r"""^name:[ \t]*(["']?)([a-z0-9][a-z0-9_-]*)\1[ \t]*(?:#.*)?$""", re.M)
-_ENV_PROJECT_NAME = re.compile(
-    r"""^[ \t]*(?:export[ \t]+)?COMPOSE_PROJECT_NAME[ \t]*=[ \t]*(["']?)([a-z0-9][a-z0-9_-]*)\1[ \t]*$""", re.M
-)
 
 
 # state=audited: the audit line's event for each O(event); any other is refused_rollback.
@@ -97,21 +153,21 @@ def offline_project_name(project_src, files=None, env_files=None, environ=None):
     if environ.get("COMPOSE_PROJECT_NAME"):
         return environ["COMPOSE_PROJECT_NAME"]
     try:
-        compose_files, envs = project_file_names(project_src, files, env_files)
+        compose_files, envs = project_file_names(project_src, files, env_files, environ)
     except (ReleaseError, LedgerError):
         compose_files, envs = [], []
-    for names, pattern in ((envs, _ENV_PROJECT_NAME), (compose_files, _COMPOSE_NAME)):
-        found = None
-        for name in names:
-            try:
-                with open(os.path.join(project_src, name), encoding="utf-8", errors="replace") as fh:
-                    matches = pattern.findall(fh.read())
-            except OSError:
-                continue
-            found = matches[-1][1] if matches else found
-        if found:
-            return found
-    return derived_project_name(project_src)
+    from_env = compose_settings(project_src, envs, {}).get("COMPOSE_PROJECT_NAME", "")
+    if PROJECT_RE.match(from_env):
+        return from_env
+    found = None
+    for name in compose_files:
+        try:
+            with open(os.path.join(project_src, name), encoding="utf-8", errors="replace") as fh:
+                matches = _COMPOSE_NAME.findall(fh.read())
+        except OSError:
+            continue
+        found = matches[-1][1] if matches else found
+    return found or derived_project_name(project_src)
 
 
 def project_name(engine, params):
@@ -122,10 +178,10 @@ def project_name(engine, params):
     return Compose(engine, project_src=params["project_src"], files=compose_files).config()["name"]
 
 
-def read_project_files(project_src, compose_files, env_files):
+def read_project_files(project_src, compose_files, env_files, service_env_files=()):
     """File entries (path, kind, sha256, mode) and their contents."""
     entries, contents = [], {}
-    for kind, names in (("compose", compose_files), ("env", env_files)):
+    for kind, names in (("compose", compose_files), ("env", env_files), ("service_env", service_env_files)):
         for name in names:
             path = os.path.join(project_src, name)
             try:
@@ -137,6 +193,31 @@ def read_project_files(project_src, compose_files, env_files):
             entries.append({"path": name, "kind": kind, "sha256": sha256_bytes(data), "mode": "%04o" % mode})
             contents[name] = data
     return entries, contents
+
+
+def service_env_files(source_model, project_src, recorded=()):
+    """The services' `env_file:` files under project_src (paths relative to it), and those that
+    cannot be recorded: [{service, path, why}]. An optional file that does not exist is not one.
+
+    `source_model` is `docker compose config --no-interpolate --no-normalize`, which keeps each
+    service's env_file entries (a resolved model has merged them into its environment)."""
+    names, unrecorded = [], []
+    for service_name, service in sorted((source_model.get("services") or {}).items()):
+        for item in service.get("env_file") or []:
+            path = item.get("path") if isinstance(item, dict) else item
+            required = item.get("required", True) if isinstance(item, dict) else True
+            full = os.path.normpath(os.path.join(project_src, path))
+            relative = os.path.relpath(full, project_src)
+            if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+                unrecorded.append({"service": service_name, "path": full, "why": "outside the project directory"})
+            elif os.path.isfile(full) and relative not in names and relative not in recorded:
+                names.append(relative)
+            elif required and not os.path.isfile(full):
+                raise ReleaseError(
+                    "service %s's env_file %s does not exist: a plain docker compose up would fail too; "
+                    "nothing was recorded" % (service_name, full)
+                )
+    return names, unrecorded
 
 
 def git_info(module, project_src, paths):
@@ -209,7 +290,8 @@ def capture(engine, params):
     )
     model = compose.config()
     project = params.get("project_name") or model.get("name")
-    entries, contents = read_project_files(project_src, compose_files, env_files)
+    service_envs, unrecorded = service_env_files(compose.source_config(), project_src, compose_files + env_files)
+    entries, contents = read_project_files(project_src, compose_files, env_files, service_envs)
     services = deployed_services(engine, project, sorted(model.get("services", {})))
     release = {
         "id": fingerprint(entries, services)[:12],
@@ -220,7 +302,11 @@ def capture(engine, params):
         "git": git_info(engine.module, project_src, compose_files + env_files),
         "version": params.get("version"),
         "created": utcnow(),
+        # Compose's own settings from the recorded env files (COMPOSE_FILE, COMPOSE_PROFILES, ...).
+        "settings": compose_settings(project_src, env_files, {}),
     }
+    if unrecorded:
+        release["unrecorded"] = unrecorded
     return release, contents
 
 
@@ -235,6 +321,8 @@ def summary(release):
         "source": release.get("source", "ledger"),
         "git": release.get("git"),
         "files": [f["path"] for f in release.get("files", [])],
+        "settings": release.get("settings") or {},
+        "unrecorded": release.get("unrecorded") or [],
         "images": {
             name: svc.get("repo_digest") or svc.get("image") for name, svc in release.get("services", {}).items()
         },
@@ -296,22 +384,22 @@ def resolve_git_target(module, ledger, ref, project_src):
     recorded = ledger.find_by_commit(commit)
     if recorded:
         return recorded
-    names = []
+    # The files of the current release (or the project's own now), as they were at that commit.
     current = ledger.current_id()
     if current:
-        names = [f["path"] for f in ledger.get(current)["files"]]
+        kinds = [(f["path"], f["kind"]) for f in ledger.get(current)["files"]]
     else:
         compose_files, env_files = project_file_names(project_src)
-        names = compose_files + env_files
+        kinds = [(name, "compose") for name in compose_files] + [(name, "env") for name in env_files]
     entries = []
-    for name in names:
+    for name, kind in kinds:
         rc, out, _err = module.run_command([git, "-C", project_src, "cat-file", "-e", "%s:%s" % (commit, name)])
         if rc == 0:
-            kind = "env" if os.path.basename(name).startswith(".env") or name.endswith(".env") else "compose"
             entries.append({"path": name, "kind": kind, "sha256": None, "mode": None})
     if not any(e["kind"] == "compose" for e in entries):
         raise ReleaseError(
-            "commit %s of %s holds none of the project's compose files (%s)" % (commit, project_src, names)
+            "commit %s of %s holds none of the project's compose files (%s)"
+            % (commit, project_src, [name for name, _kind in kinds])
         )
     return {
         "id": None,
@@ -354,14 +442,15 @@ def plan_checkout(project_src, release, contents, explicit_files=False):
         new = contents[entry["path"]]
         if old != new:
             writes.append(entry)
-            if entry["kind"] == "env":
+            if entry["kind"] in ENV_KINDS:
                 before.append("# %s\n%s" % (entry["path"], ENV_REDACTED if old is not None else ""))
                 after.append("# %s\n%s" % (entry["path"], ENV_REDACTED))
             else:
                 before.append("# %s\n%s" % (entry["path"], (old or b"").decode("utf-8", "replace")))
                 after.append("# %s\n%s" % (entry["path"], new.decode("utf-8", "replace")))
-    if not explicit_files:
-        # Compose loads an override file by itself: one the target did not have must go.
+    if not explicit_files and not (release.get("settings") or {}).get("COMPOSE_FILE"):
+        # Compose loads an override file by itself (unless COMPOSE_FILE names the files): one the
+        # target did not have must go.
         for name in DEFAULT_OVERRIDE_FILES:
             if name not in wanted and os.path.exists(os.path.join(project_src, name)):
                 removals.append(name)
@@ -379,8 +468,8 @@ def apply_checkout(project_src, release, contents, writes, removals, keep_dir):
         elif entry.get("mode"):
             mode = int(entry["mode"], 8)
         else:
-            mode = 0o600 if entry["kind"] == "env" else 0o644
-        if entry["kind"] == "env":
+            mode = 0o600 if entry["kind"] in ENV_KINDS else 0o644
+        if entry["kind"] in ENV_KINDS:
             mode &= 0o770  # env files hold secrets: never readable by others
         os.makedirs(os.path.dirname(path) or project_src, exist_ok=True)
         atomic_write(path, contents[entry["path"]], mode)

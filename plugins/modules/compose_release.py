@@ -12,13 +12,18 @@ short_description: Record the release a compose project runs, or put a recorded 
 version_added: 1.0.0
 description:
   - With O(state=present), records in the release ledger on the managed host what a compose project
-    runs now - its compose files, its env files, the image digest of each service, the git commit
-    when the project directory is a git checkout, a version label - and appends an event
-    (C(deploy) or C(rollback)) to the project's history.
+    runs now - its compose files, its env files, the services' own C(env_file) files, the image digest
+    of each service, the git commit when the project directory is a git checkout, a version label -
+    and appends an event (C(deploy) or C(rollback)) to the project's history.
+  - The files are the ones a plain C(docker compose) in O(project_src) loads - those named by
+    C(COMPOSE_FILE) (from the environment or the env files, split at C(COMPOSE_PATH_SEPARATOR)),
+    else the default compose file and its override - unless O(files) names them. Compose's own settings
+    from the env files (C(COMPOSE_FILE), C(COMPOSE_PROFILES), ...) are shown with the release. A compose
+    file outside O(project_src) is refused; a service C(env_file) outside it is listed as not recorded.
   - The release id is derived from that content, so recording the same deployed state twice is
     not a new release and changes nothing.
-  - With O(state=restored), writes the compose and env files of a release (from the ledger, or from
-    git for a git ref that was never recorded) into O(project_src), each file atomically, and writes a
+  - With O(state=restored), writes the files of a release (from the ledger, or from git for a git ref
+    that was never recorded) into O(project_src), each file atomically, and writes a
     compose override that pins every service to the image digest it ran with. Mutable tags such as
     C(latest) cannot bring back the wrong image.
   - With O(state=pulled), makes sure every image of O(release) is on the host. Recorded images are
@@ -28,9 +33,10 @@ description:
     its sha256) and the rows of its migration tables, so that M(stackops.rollback.compose_schema)
     and the roles can tell before a rollback whether the target's code can run on the schema left
     by newer releases. O(notes) is stored with the release and shown in every rollback plan that crosses it.
-  - With O(restore_point=true), takes a consistent, verified backup of every volume of each declared
-    database before anything else (the database's containers are stopped for the copy), and records
-    it as the data as of the release that runs now - run it before a deploy changes the schema.
+  - With O(restore_point=true), saves each declared database before anything else, verified - an online
+    dump where its engine has one (PostgreSQL, MariaDB, MySQL; the database keeps serving), else a
+    consistent copy of its volumes with its containers stopped - and records it as the data as of the
+    release that runs now. Run it before a deploy changes the schema.
   - The ledger, its file copies and restored env files are never readable by others.
 author:
   - stackops.rollback developers (@stackops)
@@ -139,8 +145,9 @@ options:
     type: str
   restore_point:
     description:
-      - For O(state=present), back up the volumes of each declared database (O(databases)) first,
-        consistently and verified, and record the backup as a restore point of the release that runs now.
+      - For O(state=present), save each declared database (O(databases)) first, verified (an online dump,
+        or a copy of its volumes for an engine without one), and record it as a restore point of the
+        release that runs now.
     type: bool
     default: false
   restore_point_dir:
@@ -218,9 +225,20 @@ release:
       description: Commit and dirty flag when the project directory is a git checkout.
       type: dict
     files:
-      description: Compose and env files of the release.
+      description: Compose files, env files and the services' C(env_file) files of the release.
       type: list
       elements: str
+    settings:
+      description: Compose's own settings in the release's env files (C(COMPOSE_FILE), C(COMPOSE_PROFILES), ...).
+      type: dict
+      sample: {COMPOSE_FILE: "compose.yaml:compose.prod.yaml"}
+    unrecorded:
+      description:
+        - Files the project uses that the ledger could not record (a service C(env_file) outside the
+          project directory).
+      type: list
+      elements: dict
+      sample: [{service: web, path: /etc/shop/shared.env, why: outside the project directory}]
     images:
       description: Image each service runs, by digest when the image has one.
       type: dict
@@ -234,7 +252,7 @@ compose_files:
   type: list
   elements: str
 env_files:
-  description: Absolute paths of the restored env files.
+  description: Absolute paths of the restored env files Compose interpolates from (not the services' C(env_file) files).
   returned: state=restored
   type: list
   elements: str

@@ -338,3 +338,29 @@ def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(b
     assert listing["current"]["id"] == v2 and listing["lock"] is None
     refused = shop.audit()[-1]
     assert refused["event"] == "refused_rollback" and "named volume" in refused["details"]["reason"], refused
+
+
+def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
+    """COMPOSE_FILE in .env adds a production overlay (an environment value per release), and the app
+    reads a service env_file whose content changes between releases: green is started from both, and
+    after the rollback the project directory runs v1 with v1's files, even for a plain compose up."""
+    shop = bg_shop
+    settings = {"COMPOSE_FILE": "compose.yml:compose.prod.yml"}
+    overlay = "services:\n  app:\n    environment:\n      MODE: prod-%s\n"
+    releases = {}
+    for tag in ("v1", "v2"):
+        (shop.dir / "compose.prod.yml").write_text(overlay % tag)
+        (shop.dir / "app-extra.env").write_text("GREETING=hello-%s\n" % tag)
+        releases[tag] = shop.deploy(tag, compose_settings=settings)
+    assert shop.stack.container_env("app")["MODE"] == "prod-v2"
+
+    result = shop.rollback()
+    assert_ok(result)
+    assert "rolled back blue-green from %s (v2) to %s (v1)" % (releases["v2"], releases["v1"]) in result.stdout
+    assert (shop.dir / "app-extra.env").read_text() == "GREETING=hello-v1\n"
+    assert (shop.dir / "compose.prod.yml").read_text() == overlay % "v1"
+    for attempt in ("after the rollback", "after a plain docker compose up in the project directory"):
+        env = shop.stack.container_env("app")
+        assert (env.get("GREETING"), env.get("MODE")) == ("hello-v1", "prod-v1"), (attempt, env)
+        assert shop.served() == "v1", attempt
+        shop.stack.up()

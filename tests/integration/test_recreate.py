@@ -38,6 +38,22 @@ def shop(compose_stack, images, free_port, tmp_path):
 # timeout that another test's load would eat.
 
 
+def reads_a_host_env_file(shop):
+    """Make the shop's app read an env file of the host, outside the project directory: a file no
+    release can record (each names it as unrecorded), so a test can make an old release drift."""
+    host_env = shop.dir.parent / (shop.stack.name + "-host.env")
+    host_env.write_text("APP_CRASH_ON_START=0\n")
+    compose = shop.dir / "compose.yml"
+    compose.write_text(compose.read_text().replace("./app-extra.env", str(host_env)))
+    return host_env
+
+
+def stops_reading_it(shop, host_env):
+    """The next release's compose file reads an env file of its own instead."""
+    compose = shop.dir / "compose.yml"
+    compose.write_text(compose.read_text().replace(str(host_env), "./app-v2-extra.env"))
+
+
 def assert_ok(result):
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
@@ -129,16 +145,15 @@ def test_mutable_tag_moved_since_still_brings_back_the_old_image(shop, images):
 
 @pytest.mark.serial
 def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
-    # v1's compose file reads app-extra.env; v2's reads another file. After v2 is deployed,
-    # v1's env file drifts (it is not one of the recorded files) and v1 now crashes on start.
-    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=0\n")
+    # v1 reads an env file of the host, outside the project; v2 does not. After v2 is deployed,
+    # that file drifts (no release can record it) and v1 now crashes on start.
+    host_env = reads_a_host_env_file(shop)
     shop.deploy("v1")
     shop.write("row 1")
-    compose = shop.dir / "compose.yml"
-    compose.write_text(compose.read_text().replace("./app-extra.env", "./app-v2-extra.env"))
+    stops_reading_it(shop, host_env)
     v2 = shop.deploy("v2")
     shop.write("row 2")
-    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
+    host_env.write_text("APP_CRASH_ON_START=1\n")
 
     result = shop.rollback(recreate_health_timeout=20)
     assert result.returncode != 0
@@ -224,12 +239,11 @@ def test_revert_keeps_every_row_written_during_the_rollback(shop):
     a client writing a numbered row every 40 ms all through: the rollback did not change the data,
     so the revert leaves it as it is and no row the database acknowledged is lost."""
     shop.databases = testbed.SHOP_DATABASES["postgres"]
-    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=0\n")
+    host_env = reads_a_host_env_file(shop)
     shop.deploy("v1")
-    compose = shop.dir / "compose.yml"
-    compose.write_text(compose.read_text().replace("./app-extra.env", "./app-v2-extra.env"))
+    stops_reading_it(shop, host_env)
     v2 = shop.deploy("v2")
-    (shop.dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
+    host_env.write_text("APP_CRASH_ON_START=1\n")
 
     with rows_written_throughout(shop.stack.container_id("db"), at_least=100):
         result = shop.rollback(recreate_databases=shop.databases, recreate_health_timeout=20)
@@ -594,14 +608,13 @@ def test_fleet_goes_one_host_at_a_time_and_stops_at_the_first_failure(compose_st
         shop = RecreateShop(stack, port, tmp_path / ("host%d" % n))
         shops.append(shop)
     try:
-        # web1's previous release crashes on start (its env drifted); web2's is fine.
-        (shops[0].dir / "app-extra.env").write_text("APP_CRASH_ON_START=0\n")
-        for shop in shops:
+        # web1's previous release crashes on start (a host file it reads drifted); web2's is fine.
+        host_envs = [reads_a_host_env_file(shop) for shop in shops]
+        for shop, host_env in zip(shops, host_envs):
             shop.deploy("v1")
-            compose = shop.dir / "compose.yml"
-            compose.write_text(compose.read_text().replace("./app-extra.env", "./app-v2-extra.env"))
+            stops_reading_it(shop, host_env)
             shop.deploy("v2")
-        (shops[0].dir / "app-extra.env").write_text("APP_CRASH_ON_START=1\n")
+        host_envs[0].write_text("APP_CRASH_ON_START=1\n")
         inventory = tmp_path / "fleet.ini"
         inventory.write_text(
             "[web]\n"
@@ -627,3 +640,72 @@ def test_fleet_goes_one_host_at_a_time_and_stops_at_the_first_failure(compose_st
     finally:
         for shop in shops:
             shutil.rmtree(LEDGER / "projects" / shop.stack.name, ignore_errors=True)
+
+
+# A project as operators write them: COMPOSE_FILE in .env adds a production overlay (a port and an
+# environment value per release), COMPOSE_PROFILES enables the app's profile, and the app reads a
+# service env_file beside the compose file.
+WHOLE_PROJECT = """\
+services:
+  app:
+    image: {app}:${{APP_TAG}}
+    profiles: [web]
+    env_file: app.env
+"""
+PROD_OVERLAY = """\
+services:
+  app:
+    environment:
+      MODE: prod-{tag}
+    ports:
+      - "127.0.0.1:{port}:8080"
+"""
+
+
+def test_the_whole_project_is_rolled_back_env_file_overlay_and_profile(compose_stack, images, free_port, tmp_path):
+    ports = {"v1": free_port(), "v2": free_port()}
+    stack = compose_stack(WHOLE_PROJECT.format(app=images["APP_IMAGE"]))
+
+    def deploy(tag):
+        stack.write(
+            WHOLE_PROJECT.format(app=images["APP_IMAGE"]),
+            {
+                "compose.prod.yml": PROD_OVERLAY.format(tag=tag, port=ports[tag]),
+                ".env": "COMPOSE_FILE=compose.yml:compose.prod.yml\nCOMPOSE_PROFILES=web\nAPP_TAG=%s\n" % tag,
+                "app.env": "GREETING=hello-%s\n" % tag,
+            },
+        )
+        stack.up()  # a plain `docker compose up` in the project directory, as the deploy ran it
+        testbed.wait_http("http://127.0.0.1:%d/version" % ports[tag], body_contains=tag)
+        recorded = testbed.run_module(
+            "compose_release", dict(project_src=str(stack.dir), project_name=stack.name, version=tag)
+        )
+        assert not recorded.get("failed"), recorded
+        return recorded
+
+    v1 = deploy("v1")
+    assert sorted(v1["release"]["files"]) == [".env", "app.env", "compose.prod.yml", "compose.yml"], v1["release"]
+    assert v1["release"]["settings"] == {"COMPOSE_FILE": "compose.yml:compose.prod.yml", "COMPOSE_PROFILES": "web"}
+    v2 = deploy("v2")
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
+    try:
+        result = testbed.run_playbook(
+            PLAYBOOK,
+            {
+                "recreate_project_src": str(stack.dir),
+                "recreate_backup_dir": str(tmp_path / "backups"),
+                "recreate_health_http": [{"url": "http://127.0.0.1:%d/health" % ports["v1"]}],
+            },
+            inventory=str(inventory),
+        )
+        assert_ok(result)
+        assert "rolled back from %s (v2) to %s (v1)" % (v2["release_id"], v1["release_id"]) in result.stdout
+        assert (stack.dir / "app.env").read_text() == "GREETING=hello-v1\n"
+        for attempt in ("after the rollback", "after a plain docker compose up in the project directory"):
+            env = stack.container_env("app")
+            assert (env["GREETING"], env["MODE"]) == ("hello-v1", "prod-v1"), (attempt, env)
+            assert testbed.http_get("http://127.0.0.1:%d/version" % ports["v1"])[1].strip() == "v1", attempt
+            stack.up()
+    finally:
+        shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)

@@ -33,9 +33,12 @@ class Shop:
     def dir(self):
         return self.stack.dir
 
-    def deploy(self, tag, record=True, secret=None, expect=None, **record_options):
+    def deploy(self, tag, record=True, secret=None, expect=None, compose_settings=None, **record_options):
+        """Deploy `tag` with a plain `docker compose up` (.env written; `compose_settings`, such as
+        COMPOSE_FILE, added to it) and record it unless record=False."""
         env = self.dir / ".env"
-        env.write_text("APP_TAG=%s\nDB_PASSWORD=pw-shop\nAPP_SECRET=%s\n" % (tag, secret or "secret-" + tag))
+        settings = "".join("%s=%s\n" % item for item in sorted((compose_settings or {}).items()))
+        env.write_text(settings + "APP_TAG=%s\nDB_PASSWORD=pw-shop\nAPP_SECRET=%s\n" % (tag, secret or "secret-" + tag))
         env.chmod(0o600)
         self.stack.up()
         testbed.wait_http(self.url + "/version", body_contains=expect or tag)

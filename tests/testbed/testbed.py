@@ -29,7 +29,8 @@ COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
 
 
 # The "shop" used by the rollback tests and benchmarks: the app and PostgreSQL with rows. The
-# app's image tag and secrets come from .env; app-extra.env lets a test drift one version's config.
+# app's image tag and secrets come from .env; app-extra.env (which a test may point outside the
+# project, where no release records it) lets a test drift one version's config.
 SHOP_COMPOSE = """\
 services:
   db:
@@ -250,10 +251,13 @@ class ComposeStack:
             path.write_text(content)
 
     def compose(self, *args, check=True, timeout=300):
+        # Run in the project directory, as an operator does: Compose resolves the paths of
+        # COMPOSE_FILE from the working directory, not from --project-directory.
         return run(
             ["docker", "compose", "--project-directory", str(self.dir), "-p", self.name, *args],
             check=check,
             timeout=timeout,
+            cwd=str(self.dir),
         )
 
     def up(self, *services, wait=True):
@@ -273,6 +277,13 @@ class ComposeStack:
 
     def container_id(self, service):
         return self.compose("ps", "--all", "-q", service).stdout.strip()
+
+    def container_env(self, service):
+        """The environment the service's running container was started with, from the engine."""
+        container = self.compose("ps", "--quiet", service).stdout.strip()
+        assert container, "service %s of %s runs no container" % (service, self.name)
+        env = json.loads(run(["docker", "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
+        return dict(item.split("=", 1) for item in env)
 
     def volume(self, name):
         return "%s_%s" % (self.name, name)

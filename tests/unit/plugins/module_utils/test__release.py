@@ -318,3 +318,102 @@ def test_offline_project_name_passes_over_what_cannot_be_read(tmp_path):
     src = tmp_path / "shop"
     src.mkdir()
     assert _release.offline_project_name(str(src), files=["gone.yml", "../outside.yml"], environ={}) == "shop"
+
+
+@pytest.mark.parametrize(
+    ("files", "environ", "compose_files"),
+    [
+        # Compose's own lookup: the first default file and its override.
+        ({"compose.yaml": "", "compose.override.yml": ""}, {}, ["compose.yaml", "compose.override.yml"]),
+        # COMPOSE_FILE in .env names the files (and no override is looked for).
+        (
+            {
+                "compose.yaml": "",
+                "compose.override.yml": "",
+                ".env": "COMPOSE_FILE=compose.yaml:prod/compose.prod.yaml\n",
+            },
+            {},
+            ["compose.yaml", "prod/compose.prod.yaml"],
+        ),
+        (
+            {".env": "export COMPOSE_PATH_SEPARATOR=','\nCOMPOSE_FILE='a.yml,b.yml' \n"},
+            {},
+            ["a.yml", "b.yml"],
+        ),
+        # The environment wins over the env file, as for Compose.
+        ({".env": "COMPOSE_FILE=a.yml\n"}, {"COMPOSE_FILE": "b.yml"}, ["b.yml"]),
+        # A commented-out setting sets nothing.
+        ({"compose.yml": "", ".env": "# COMPOSE_FILE=a.yml\n"}, {}, ["compose.yml"]),
+    ],
+)
+def test_project_files_are_the_ones_compose_loads(tmp_path, files, environ, compose_files):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    names, envs = _release.project_file_names(str(tmp_path), environ=environ)
+    assert names == compose_files
+    assert envs == ([".env"] if ".env" in files else [])
+
+
+def test_a_compose_file_outside_the_project_is_refused_by_name(tmp_path):
+    (tmp_path / ".env").write_text("COMPOSE_FILE=compose.yml:../shared/base.yml\n")
+    with pytest.raises(ReleaseError, match=r"COMPOSE_FILE names \.\./shared/base\.yml, outside the project directory"):
+        _release.project_file_names(str(tmp_path), environ={})
+
+
+def test_env_assignments_read_as_compose_does():
+    text = "A=1\n  export B = two words # note\nC='quoted # kept'\nD=\"x\"\n# E=no\nnot a line\nA=3\n"
+    assert _release.env_assignments(text) == {"A": "3", "B": "two words", "C": "quoted # kept", "D": "x"}
+
+
+def test_compose_settings_keep_only_composes_own(tmp_path):
+    (tmp_path / ".env").write_text("COMPOSE_PROFILES=web\nDB_PASSWORD=secret\n")
+    (tmp_path / "prod.env").write_text("COMPOSE_PROFILES=web,worker\n")
+    assert _release.compose_settings(str(tmp_path), [".env", "prod.env", "gone.env"], {"HOME": "/root"}) == {
+        "COMPOSE_PROFILES": "web,worker"
+    }
+
+
+def test_service_env_files_under_the_project_are_recorded_the_rest_named(tmp_path):
+    (tmp_path / "app.env").write_text("SECRET=1\n")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "worker.env").write_text("X=1\n")
+    model = {
+        "services": {
+            "web": {"env_file": [{"path": str(tmp_path / "app.env"), "required": True}, ".env"]},
+            "worker": {
+                "env_file": [
+                    {"path": str(tmp_path / "conf" / "worker.env")},
+                    {"path": str(tmp_path / "optional.env"), "required": False},
+                    {"path": "/etc/shared.env", "required": False},
+                ]
+            },
+            "db": {},
+        }
+    }
+    (tmp_path / ".env").write_text("TAG=v1\n")
+    names, unrecorded = _release.service_env_files(model, str(tmp_path), recorded=[".env"])
+    assert names == ["app.env", "conf/worker.env"]
+    assert unrecorded == [{"service": "worker", "path": "/etc/shared.env", "why": "outside the project directory"}]
+    missing = {"services": {"web": {"env_file": [{"path": str(tmp_path / "gone.env"), "required": True}]}}}
+    with pytest.raises(ReleaseError, match=r"service web's env_file .*gone\.env does not exist"):
+        _release.service_env_files(missing, str(tmp_path))
+
+
+def test_a_service_env_file_is_restored_private_and_never_shown(tmp_path):
+    (tmp_path / "app.env").write_text("API_KEY=new-secret\n")
+    release = {"files": [{"path": "app.env", "kind": "service_env", "mode": "0644"}]}
+    contents = {"app.env": b"API_KEY=old-secret\n"}
+    writes, removals, diff = _release.plan_checkout(str(tmp_path), release, contents)
+    assert "secret" not in diff["before"] + diff["after"]
+    (tmp_path / "app.env").unlink()
+    _release.apply_checkout(str(tmp_path), release, contents, writes, removals, str(tmp_path / "removed"))
+    assert (tmp_path / "app.env").read_bytes() == b"API_KEY=old-secret\n"
+    assert (tmp_path / "app.env").stat().st_mode & 0o777 == 0o640
+
+
+def test_an_override_is_left_alone_when_the_target_names_its_files(tmp_path):
+    (tmp_path / "compose.override.yaml").write_text("services: {}\n")
+    release = {"files": [{"path": "compose.yml", "kind": "compose"}], "settings": {"COMPOSE_FILE": "compose.yml"}}
+    _writes, removals, _diff = _release.plan_checkout(str(tmp_path), release, {"compose.yml": b""})
+    assert removals == []
