@@ -34,8 +34,9 @@ def shop(compose_stack, images, free_port, tmp_path):
 
 # Tests marked serial run alone (make integration's second part): they read each service's downtime
 # from the engine's events, which the engine keeps 256 of (another test's health checks push them
-# out: measured, the report then says so and gives its bound), or give the revert a short health
-# timeout that another test's load would eat.
+# out: measured, the report then says so and gives its bound). The revert tests give the target a
+# short health timeout, so that it fails quickly; the way back has its own, generous one
+# (recreate_revert_health_timeout), which another test's load cannot eat: they run in parallel.
 
 
 def reads_a_host_env_file(shop):
@@ -143,7 +144,6 @@ def test_mutable_tag_moved_since_still_brings_back_the_old_image(shop, images):
         subprocess.run(["docker", "rmi", "-f", repo + ":latest"], capture_output=True, check=False)
 
 
-@pytest.mark.serial
 def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
     # v1 reads an env file of the host, outside the project; v2 does not. After v2 is deployed,
     # that file drifts (no release can record it) and v1 now crashes on start.
@@ -167,15 +167,14 @@ def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
     assert listing["lock"] is None, "the lock was not released"
 
 
-@pytest.mark.serial
 def test_target_that_fails_verification_is_reverted(shop):
     shop.deploy("v1")
     shop.write("row 1")
     v2 = shop.deploy("v2")
-    # The timeout serves the revert's verification too: the volume restore restarts the database,
-    # and v2 answered after more than 10 s in one serial run ("reverted_healthy": false).
+    # v1 fails the check within the target's short timeout; v2, put back, passes it within the
+    # revert's own (recreate_revert_health_timeout), however long the restarted database takes.
     result = shop.rollback(
-        recreate_health_timeout=20,
+        recreate_health_timeout=10,
         recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
     )
     assert result.returncode != 0
@@ -189,7 +188,6 @@ def db_started_at(shop):
     return testbed.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", shop.stack.container_id("db")]).stdout
 
 
-@pytest.mark.serial
 def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     """recreate_backup_method auto: the database is dumped while it serves, never stopped; with
     recreate_revert_data always, the revert of a target that fails verification loads the dump
@@ -204,7 +202,7 @@ def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     failing = shop.rollback(
         recreate_databases=shop.databases,
         recreate_revert_data="always",
-        recreate_health_timeout=20,  # the revert's verification too (see the test above)
+        recreate_health_timeout=10,  # the target's; the way back has its own (see the test above)
         recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
     )
     assert failing.returncode != 0 and "FAILED at step 'verify'" in failing.stdout, failing.stdout[-4000:]
@@ -233,7 +231,6 @@ def test_declared_database_is_dumped_online_and_loaded_back_by_a_revert(shop):
     assert db_started_at(shop) == started, "the database was restarted"
 
 
-@pytest.mark.serial
 def test_revert_keeps_every_row_written_during_the_rollback(shop):
     """The database declared, the same schema in both releases, a target whose web cannot start,
     a client writing a numbered row every 40 ms all through: the rollback did not change the data,
@@ -289,7 +286,6 @@ def assert_served_again_without_its_data(shop, result, v2):
     assert record["event"] == "failed_rollback" and "FAILED" in record["details"]["data"], record
 
 
-@pytest.mark.serial
 def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_version_back(shop):
     """The database's volume copy is damaged after the backup: the revert's restore refuses it,
     and the pre-rollback version is started and verified all the same, its data as it is, with a
@@ -316,7 +312,6 @@ def test_revert_whose_volume_restore_is_refused_still_puts_the_pre_rollback_vers
     assert shop.version() == "v1" and shop.rows() == ["row 1", "row 2"]
 
 
-@pytest.mark.serial
 def test_full_disk_during_the_reverts_safety_copy_still_puts_the_pre_rollback_version_back(shop, tmp_path):
     """The backup disk fills up once the target serves: the revert's restore cannot write its
     safety copy, so it touches nothing, and the pre-rollback version is started all the same,
@@ -398,7 +393,6 @@ def dump_load_cut_half_way(container, table="records"):
         holder.wait(timeout=30)
 
 
-@pytest.mark.serial
 def test_dump_load_failing_half_way_leaves_every_row_and_puts_the_pre_rollback_version_back(shop):
     """The database declared, recreate_revert_data always, a target that fails verification: the
     revert's load of the dump is ended half-way by the server, its transaction rolls back, and the
@@ -429,7 +423,6 @@ def test_dump_load_failing_half_way_leaves_every_row_and_puts_the_pre_rollback_v
     assert shop.version() == "v1" and shop.rows() == ["row 1", "row 2"]
 
 
-@pytest.mark.serial
 def test_revert_that_does_not_serve_leaves_its_plan_and_the_next_run_finishes_it(shop):
     """Neither the target nor the pre-rollback version passes the verification: the lock keeps
     the plan (put v2 back), marked unfinished; the next run takes it over at once, finishes it, and
@@ -437,8 +430,11 @@ def test_revert_that_does_not_serve_leaves_its_plan_and_the_next_run_finishes_it
     v1 = shop.deploy("v1")
     shop.write("row 1")
     v2 = shop.deploy("v2")
+    # Neither can pass: the way back needs no more than the target's short timeout to fail.
     result = shop.rollback(
-        recreate_health_timeout=10, recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v3$"}]
+        recreate_health_timeout=10,
+        recreate_revert_health_timeout=10,
+        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v3$"}],
     )
     assert result.returncode != 0 and "FAILED at step 'verify'" in result.stdout, result.stdout[-4000:]
     assert "did NOT verify healthy" in result.stdout and "The project lock keeps the plan" in result.stdout
@@ -454,7 +450,6 @@ def test_revert_that_does_not_serve_leaves_its_plan_and_the_next_run_finishes_it
     assert (listing["current"]["id"], listing["previous"]["id"], listing["lock"]) == (v2, v1, None), listing
 
 
-@pytest.mark.serial
 def test_run_killed_during_the_revert_is_finished_by_the_next_run(shop, tmp_path):
     shop.deploy("v1")
     shop.write("row 1")
