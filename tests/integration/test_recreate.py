@@ -569,6 +569,7 @@ def test_check_mode_prints_the_plan_and_changes_nothing(shop):
     assert "from release %s (v2)" % v2 in result.stdout
     assert "to   release %s (v1)" % v1 in result.stdout
     assert "volumes copied, their containers stopped: %s_dbdata" % shop.stack.name in result.stdout
+    assert "files put back: compose.yml, .env" in result.stdout
     assert "would roll back from %s (v2) to %s (v1)" % (v2, v1) in result.stdout
     assert "secret-v1" not in result.stdout and "secret-v2" not in result.stdout
     assert shop.version() == "v2"
@@ -684,16 +685,17 @@ def test_the_whole_project_is_rolled_back_env_file_overlay_and_profile(compose_s
     v2 = deploy("v2")
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
+    variables = {
+        "recreate_project_src": str(stack.dir),
+        "recreate_backup_dir": str(tmp_path / "backups"),
+        "recreate_health_http": [{"url": "http://127.0.0.1:%d/health" % ports["v1"]}],
+    }
     try:
-        result = testbed.run_playbook(
-            PLAYBOOK,
-            {
-                "recreate_project_src": str(stack.dir),
-                "recreate_backup_dir": str(tmp_path / "backups"),
-                "recreate_health_http": [{"url": "http://127.0.0.1:%d/health" % ports["v1"]}],
-            },
-            inventory=str(inventory),
-        )
+        plan = testbed.run_playbook(PLAYBOOK, variables, inventory=str(inventory), check=True)
+        assert_ok(plan)
+        assert "files put back: compose.yml, compose.prod.yml, .env, app.env" in plan.stdout, plan.stdout[-4000:]
+        assert (stack.dir / "app.env").read_text() == "GREETING=hello-v2\n", "check mode wrote a file"
+        result = testbed.run_playbook(PLAYBOOK, variables, inventory=str(inventory))
         assert_ok(result)
         assert "rolled back from %s (v2) to %s (v1)" % (v2["release_id"], v1["release_id"]) in result.stdout
         assert (stack.dir / "app.env").read_text() == "GREETING=hello-v1\n"
