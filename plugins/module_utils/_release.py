@@ -79,10 +79,16 @@ def project_file_names(project_src, files=None, env_files=None, environ=None):
     return compose_files, envs
 
 
+def relative_inside(project_src, name):
+    """A file's path relative to project_src, or None when it lies outside it."""
+    relative = os.path.relpath(os.path.normpath(os.path.join(project_src, name)), project_src)
+    return None if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
 def inside_project(project_src, name, named_by):
     """A file's path relative to project_src; a file outside it cannot be recorded: refused."""
-    relative = os.path.relpath(os.path.normpath(os.path.join(project_src, name)), project_src)
-    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+    relative = relative_inside(project_src, name)
+    if relative is None:
         raise ReleaseError(
             "%s names %s, outside the project directory %s: the ledger records only the project's own "
             "files, so a rollback could not put it back; move it into the project directory. Nothing was "
@@ -207,8 +213,8 @@ def service_env_files(source_model, project_src, recorded=()):
             path = item.get("path") if isinstance(item, dict) else item
             required = item.get("required", True) if isinstance(item, dict) else True
             full = os.path.normpath(os.path.join(project_src, path))
-            relative = os.path.relpath(full, project_src)
-            if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            relative = relative_inside(project_src, full)
+            if relative is None:
                 unrecorded.append({"service": service_name, "path": full, "why": "outside the project directory"})
             elif os.path.isfile(full) and relative not in names and relative not in recorded:
                 names.append(relative)
