@@ -20,24 +20,61 @@ import os
 import socket
 
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import within
 from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, read_bytes
+from ansible_collections.stackops.rollback.plugins.module_utils._volumes import SYSTEM_PATHS
 
 
 class AlternateError(Exception):
     """The project cannot be duplicated as asked; the message says why and what to do."""
 
 
-def named_volumes(service):
-    """Names of the named volumes a service mounts (bind mounts and tmpfs do not count)."""
-    names = []
+def data_mounts(service, shareable=()):
+    """What a service mounts that a second copy must not write at the same time: its named volumes,
+    and its writable bind mounts (system paths and those inside a `shareable` directory aside)."""
+    found = []
     for mount in service.get("volumes") or []:
-        if isinstance(mount, dict) and mount.get("type") == "volume" and mount.get("source"):
-            names.append(mount["source"])
-    return names
+        if not isinstance(mount, dict) or not mount.get("source"):
+            continue
+        source = mount["source"]
+        if mount.get("type") == "volume":
+            found.append("volume %s" % source)
+        elif mount.get("type") == "bind" and not mount.get("read_only"):
+            source = os.path.normpath(source)
+            if not any(within(source, path) for path in SYSTEM_PATHS + tuple(shareable)):
+                found.append("directory %s" % source)
+    return found
 
 
-def split_services(model, duplicable=None):
-    """(services that get a green copy, services that stay single)."""
+def rebased(model, staged_dir, base_dir):
+    """The model with every path Compose resolved under the staging folder (relative bind mounts,
+    build contexts, file-based configs and secrets) moved to the same place under the project
+    directory: green runs on the project's own files, as blue does. The env files were read from
+    the staging folder already (the target's contents)."""
+    staged_dir, base_dir = os.path.normpath(staged_dir), os.path.normpath(base_dir)
+
+    def moved(path):
+        path = os.path.normpath(path)
+        return base_dir + path[len(staged_dir) :] if within(path, staged_dir) else path
+
+    model = copy.deepcopy(model)
+    for service in (model.get("services") or {}).values():
+        for mount in service.get("volumes") or []:
+            if isinstance(mount, dict) and mount.get("type") == "bind" and mount.get("source"):
+                mount["source"] = moved(mount["source"])
+        build = service.get("build")
+        if isinstance(build, dict) and build.get("context"):
+            build["context"] = moved(build["context"])
+    for section in ("configs", "secrets"):
+        for item in (model.get(section) or {}).values():
+            if isinstance(item, dict) and item.get("file"):
+                item["file"] = moved(item["file"])
+    return model
+
+
+def split_services(model, duplicable=None, shareable=()):
+    """(services that get a green copy, services that stay single): a service that mounts data
+    (data_mounts) stays single."""
     services = model.get("services", {})
     if duplicable:
         unknown = sorted(set(duplicable) - set(services))
@@ -48,15 +85,15 @@ def split_services(model, duplicable=None):
             )
         chosen = list(duplicable)
     else:
-        chosen = [name for name, svc in services.items() if not named_volumes(svc)]
+        chosen = [name for name, svc in services.items() if not data_mounts(svc, shareable)]
     for name in chosen:
-        volumes = named_volumes(services[name])
-        if volumes:
+        data = data_mounts(services[name], shareable)
+        if data:
             raise AlternateError(
-                "refusing to start a second copy of service %s: it mounts the named volume(s) %s, which the "
-                "running copy uses (two database servers on one data directory corrupt it). Leave it out of "
-                "the duplicable services: it keeps running once and the green copies reach it"
-                % (name, ", ".join(volumes))
+                "refusing to start a second copy of service %s: it mounts %s, which the running copy writes "
+                "(two database servers on one data directory corrupt it). Leave it out of the duplicable "
+                "services: it keeps running once and the green copies reach it; a directory both copies may "
+                "write goes in the shareable paths" % (name, ", ".join(data))
             )
         if services[name].get("container_name"):
             raise AlternateError(
@@ -65,7 +102,9 @@ def split_services(model, duplicable=None):
                 % (name, services[name]["container_name"])
             )
     if not chosen:
-        raise AlternateError("no service of the project can be duplicated (every one mounts a named volume)")
+        raise AlternateError(
+            "no service of the project can be duplicated (every one mounts a volume or a writable directory)"
+        )
     single = sorted(set(services) - set(chosen))
     return sorted(chosen), single
 
@@ -214,7 +253,9 @@ class AlternateRenderer:
         p = self.params
         name = p["alternate_name"] or "%s-green" % p["project_name"]
         model = Compose.from_params(self.engine, p).config()
-        services, single = split_services(model, p["services"])
+        if p["base_dir"]:
+            model = rebased(model, os.path.abspath(p["project_src"]), p["base_dir"])
+        services, single = split_services(model, p["services"], p["shareable_paths"] or [])
         self.check_single_images(model, single)
         # A run that resumes a dead one finds its own copy on the alternate ports: they are its own.
         own = published_ports(self.engine.project_containers(name))
@@ -253,7 +294,7 @@ class AlternateRenderer:
             now = running.get(name)
             if now and wanted and now != wanted:
                 raise AlternateError(
-                    "service %s stays single in a blue-green switch (it mounts a named volume), but the target "
+                    "service %s stays single in a blue-green switch (it mounts data), but the target "
                     "release runs it from another image (%s, now %s); a blue-green switch cannot change it. Roll "
                     "back with the stackops.rollback.recreate role instead" % (name, wanted, now)
                 )

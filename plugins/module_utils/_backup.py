@@ -10,6 +10,7 @@ plumbing is _volumes.py's, the archive format _archive.py's, the engine _docker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -33,17 +34,23 @@ from ansible_collections.stackops.rollback.plugins.module_utils._archive import 
     utc_stamp,
     verify_archive,
 )
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import describe
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL, describe, within
 from ansible_collections.stackops.rollback.plugins.module_utils._streams import coalesce, prefetched
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import (
     MOUNT,
+    SYSTEM_PATHS,
     Helper,
     StoppedUsers,
+    archive_key,
     clear_contents,
+    data_sources,
+    describe_source,
     existing_volume,
+    is_path,
     local_mountpoint,
     missing_volume,
     mountpoint_refusal,
+    users,
 )
 
 
@@ -82,11 +89,11 @@ class VolumeBackups:
             return "api"
         refusal = mountpoint_refusal(self.engine, attrs)
         if refusal is None and not self.params["stop_containers"]:
-            running = [c.name for c in self.engine.containers_using(attrs["Name"]) if c.status == "running"]
+            running = [c.name for c in users(self.engine, attrs["Name"]) if c.status == "running"]
             if running:
-                refusal = (
-                    "container(s) %s use volume %s and stop_containers is false, so the copy would not be "
-                    "consistent" % (", ".join(sorted(running)), attrs["Name"])
+                refusal = "container(s) %s use %s and stop_containers is false, so the copy would not be consistent" % (
+                    ", ".join(sorted(running)),
+                    describe_source(attrs["Name"]),
                 )
         if refusal is None:
             return "mountpoint"
@@ -102,7 +109,9 @@ class VolumeBackups:
         """Write an archive of the volume into dest (its users must be stopped already), read
         through the engine (method 'api') or from its mount point ('mountpoint')."""
         started = time.time()
-        with ArchiveWriter(os.path.join(dest, archive_name(name, compression)), compression, self.zstd) as writer:
+        with ArchiveWriter(
+            os.path.join(dest, archive_name(archive_key(name), compression)), compression, self.zstd
+        ) as writer:
             if method == "mountpoint":
                 members = {}
                 for chunk in coalesce(tree_tar(attrs["Mountpoint"], members)):
@@ -122,6 +131,7 @@ class VolumeBackups:
                         "driver": attrs.get("Driver"),
                         "options": attrs.get("Options") or {},
                         "labels": attrs.get("Labels") or {},
+                        "directory": bool(attrs.get("Path")),
                     },
                     "files": sum(1 for m in members.values() if m["type"] == "file"),
                     "bytes": sum(m.get("size", 0) for m in members.values()),
@@ -150,7 +160,7 @@ class VolumeBackups:
         if self.module.check_mode:
             return {
                 "changed": True,
-                "archive": os.path.join(dest, archive_name(name, compression)),
+                "archive": os.path.join(dest, archive_name(archive_key(name), compression)),
                 "compression": compression,
                 "method": method,
                 "stopped_containers": [],
@@ -163,10 +173,16 @@ class VolumeBackups:
         result.update(
             changed=True,
             stopped_containers=stopped.names,
-            pruned=prune(dest, name, self.params["keep"]) if self.params["keep"] else [],
+            pruned=self.prune(dest, name),
             duration=round(time.time() - started, 3),
         )
         return result
+
+    def prune(self, dest, name):
+        if not self.params["keep"]:
+            return []
+        key = archive_key(name)
+        return prune(dest, key, self.params["keep"], owner=lambda m: archive_key(m.get("volume", {}).get("name") or ""))
 
     # -- restore --------------------------------------------------------------------------
     def current_members(self, name):
@@ -212,7 +228,7 @@ class VolumeBackups:
         manifest = verify_archive(archive, self.zstd, digests=False)
         compression = manifest.get("compression") or compression_of(archive)
         started = time.time()
-        attrs = self.engine.volume(name)
+        attrs = existing_volume(self.engine, name) if is_path(name) else self.engine.volume(name)
         if attrs is None:
             if not self.params["create_volume"]:
                 raise missing_volume(name)
@@ -255,8 +271,8 @@ class VolumeBackups:
                 # Put back what was there, from the safety copy just written and verified.
                 self.write_contents(attrs, safety["archive"], compression)
                 raise ArchiveError(
-                    "restore of volume %s from %s failed (%s); the volume was put back as it was from the safety "
-                    "backup %s" % (name, archive, describe(exc), safety["archive"])
+                    "restore of %s from %s failed (%s); it was put back as it was from the safety "
+                    "backup %s" % (describe_source(name), archive, describe(exc), safety["archive"])
                 ) from exc
         result.update(
             changed=True,
@@ -280,6 +296,60 @@ class VolumeBackups:
             duration=round(time.time() - started, 3),
         )
 
+    # -- a project's data -----------------------------------------------------------------
+    def declared_paths(self):
+        """The directories declared as data, checked: each an existing directory of this host, none
+        a system path or a directory that holds the project's own files."""
+        project_dir = os.path.abspath(self.params["project_src"]) if self.params["project_src"] else None
+        checked = []
+        for given in self.params["data_paths"] or []:
+            path = os.path.normpath(given)
+            if not os.path.isabs(path):
+                raise ArchiveError("data_paths: %s is not an absolute path; nothing was changed" % path)
+            if path == "/" or any(within(path, system) for system in SYSTEM_PATHS):
+                raise ArchiveError(
+                    "data_paths: %s is a system path, not an application's data; nothing was changed" % path
+                )
+            if project_dir and within(project_dir, path):
+                raise ArchiveError(
+                    "data_paths: %s holds the project directory %s, whose files are the release's; declare the "
+                    "data directories inside it instead. Nothing was changed" % (path, project_dir)
+                )
+            existing_volume(self.engine, path)
+            checked.append(path)
+        return checked
+
+    def project_data(self):
+        """The project's data as a backup copies it (data_sources), with its size on this host."""
+        p = self.params
+        containers = [
+            {"service": (c.labels or {}).get(SERVICE_LABEL), "mounts": c.attrs.get("Mounts")}
+            for c in self.engine.project_containers(p["project"])
+        ]
+        data = data_sources(
+            containers,
+            os.path.abspath(p["project_src"]) if p["project_src"] else None,
+            self.engine.project_volumes(p["project"]),
+            self.declared_paths(),
+            p["skip_services"] or [],
+        )
+        if data["paths"] and not self.engine.is_local():
+            # The directories are on the engine's machine, not here: named, never silently skipped.
+            data["not_backed_up"] += [
+                {
+                    "source": path,
+                    "services": [],
+                    "reason": "the engine is not on this host, so its directories cannot be read",
+                }
+                for path in data["paths"]
+            ]
+            data["paths"] = []
+        # What the backups need at most: the copies, and the dumps (no bigger than their data).
+        measured = data["volumes"] + data["paths"] + data["dumped"]
+        sizes = self.engine.volume_sizes() if any(not is_path(s) for s in measured) else {}
+        data["bytes"] = sum(tree_bytes(s) if is_path(s) else max(0, sizes.get(s, 0)) for s in measured)
+        return data
+
     def run(self):
         p = self.params
         if p["state"] == "verify":
@@ -287,14 +357,32 @@ class VolumeBackups:
         if p["project"]:
             if p["state"] != "backup":
                 raise ArchiveError("project works with state=backup; restore volumes one by one with name")
-            volumes = self.engine.project_volumes(p["project"])
-            if not volumes:
-                raise ArchiveError("compose project %s has no volume on this engine; check the name" % p["project"])
-            backups = [dict(self.backup(name), volume=name) for name in volumes]
-            return {
-                "changed": True,
-                "backups": backups,
-                "duration": sum(b["duration"] for b in backups),
-                "stopped_containers": sorted({c for b in backups for c in b["stopped_containers"]}),
-            }
-        return self.backup(p["name"]) if p["state"] == "backup" else self.restore(p["name"])
+            data = self.project_data()
+            if not data["volumes"] + data["paths"] + data["dumped"] and not self.engine.project_containers(
+                p["project"]
+            ):
+                raise ArchiveError(
+                    "compose project %s has no container and no volume on this engine; check the name" % p["project"]
+                )
+            # In check mode, what the backup would copy: the roles' plans read it.
+            backups = [dict(self.backup(name), volume=name) for name in data["volumes"]]
+            backups += [dict(self.backup(path), path=path) for path in data["paths"]]
+            return dict(
+                data,
+                changed=bool(backups),
+                backups=backups,
+                duration=sum(b["duration"] for b in backups),
+                stopped_containers=sorted({c for b in backups for c in b["stopped_containers"]}),
+            )
+        source = p["name"] or p["path"]
+        return self.backup(source) if p["state"] == "backup" else self.restore(source)
+
+
+def tree_bytes(root):
+    """Bytes of the files under a directory (links not followed)."""
+    total = 0
+    for path, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(path, name)).st_size
+    return total

@@ -95,6 +95,17 @@ def docker_host_of(params):
     return params.get("docker_host") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
+def within(path, parent):
+    """True when path is parent or lies inside it (both absolute, normalised)."""
+    parent = parent.rstrip("/") or "/"
+    return path == parent or path.startswith(parent if parent == "/" else parent + "/")
+
+
+def overlaps(one, other):
+    """True when one path is the other, or holds it."""
+    return within(one, other) or within(other, one)
+
+
 def project_filter(project):
     """The engine's list filter for a compose project's objects (containers, volumes)."""
     return {"label": "%s=%s" % (PROJECT_LABEL, project)}
@@ -359,6 +370,28 @@ class Engine:
         """Containers (all states) that mount the volume."""
         with self._errors("listing the containers that use volume %s" % volume):
             return self.client.containers.list(all=True, filters={"volume": volume})
+
+    def containers_binding(self, path):
+        """Containers (all states) with a bind mount of the directory, of a directory inside it, or of one
+        that holds it: whatever writes there."""
+        with self._errors("listing the containers that bind-mount %s" % path):
+            # The list's summaries carry the mounts: only the containers that match are read in full.
+            ids = [
+                c["Id"]
+                for c in self.client.api.containers(all=True)
+                if any(m.get("Type") == "bind" and overlaps(m.get("Source") or "", path) for m in c.get("Mounts") or [])
+            ]
+            found = []
+            for container_id in ids:
+                with contextlib.suppress(docker_errors.NotFound):  # removed since the list: it writes nothing
+                    found.append(self.client.containers.get(container_id))
+        return found
+
+    def volume_sizes(self):
+        """{volume name: bytes} as the engine's disk usage counts them (-1 when it does not know)."""
+        with self._errors("reading the engine's disk usage"):
+            volumes = self.client.df().get("Volumes") or []
+        return {v.get("Name"): int((v.get("UsageData") or {}).get("Size", -1)) for v in volumes}
 
     def create_container(self, image, **options):
         with self._errors("creating a container from %s" % image):

@@ -201,6 +201,26 @@ def read_project_files(project_src, compose_files, env_files, service_env_files=
     return entries, contents
 
 
+def build_contexts(model, project_src):
+    """The services built from a context: what a release cannot record (the image is recorded, the
+    sources it was built from are not), as unrecorded entries [{service, path, why, kind}]."""
+    found = []
+    for service_name, service in sorted((model.get("services") or {}).items()):
+        build = service.get("build")
+        context = build.get("context") if isinstance(build, dict) else build
+        if context:
+            full = os.path.normpath(os.path.join(project_src, context))
+            found.append(
+                {
+                    "service": service_name,
+                    "path": relative_inside(project_src, full) or full,
+                    "why": "a build context: the image comes back by its digest, or by its id while on the host",
+                    "kind": "build",
+                }
+            )
+    return found
+
+
 def service_env_files(source_model, project_src, recorded=()):
     """The services' `env_file:` files under project_src (paths relative to it), and those that
     cannot be recorded: [{service, path, why}]. An optional file that does not exist is not one.
@@ -297,6 +317,7 @@ def capture(engine, params):
     model = compose.config()
     project = params.get("project_name") or model.get("name")
     service_envs, unrecorded = service_env_files(compose.source_config(), project_src, compose_files + env_files)
+    unrecorded += build_contexts(model, project_src)
     entries, contents = read_project_files(project_src, compose_files, env_files, service_envs)
     services = deployed_services(engine, project, sorted(model.get("services", {})))
     release = {
@@ -305,7 +326,8 @@ def capture(engine, params):
         "project_src": project_src,
         "files": entries,
         "services": services,
-        "git": git_info(engine.module, project_src, compose_files + env_files),
+        # Dirty when any recorded file differs from its commit, a service env file included.
+        "git": git_info(engine.module, project_src, [entry["path"] for entry in entries]),
         "version": params.get("version"),
         "created": utcnow(),
         # Compose's own settings from the recorded env files (COMPOSE_FILE, COMPOSE_PROFILES, ...).
@@ -522,7 +544,7 @@ def ensure_images(engine, release, check_mode=False):
     tags and is pulled always (the field guide's `docker compose pull`); an image built on the
     host (no registry digest) cannot be pulled and must still be there.
     """
-    pulled, present, missing = [], [], []
+    pulled, present, missing, missing_names = [], [], [], []
     for name, svc in sorted(release.get("services", {}).items()):
         ref = svc.get("repo_digest") or (None if svc.get("image_id") else svc.get("image"))
         # What the pin will ask the engine for: the digest reference, else the image id.
@@ -532,6 +554,7 @@ def ensure_images(engine, release, check_mode=False):
             continue
         if not ref:
             missing.append("%s (%s)" % (name, svc.get("image_id")))
+            missing_names.append(name)
             continue
         if not check_mode:
             repo, _sep, digest_or_tag = ref.partition("@")
@@ -546,9 +569,24 @@ def ensure_images(engine, release, check_mode=False):
                 ) from exc
         pulled.append(name)
     if missing:
+        # Building them again would build the project's sources as they are now, not the release's.
+        contexts = [
+            "%s from %s" % (entry["service"], entry["path"])
+            for entry in release.get("unrecorded") or []
+            if entry.get("kind") == "build" and entry.get("service") in missing_names
+        ]
         raise ReleaseError(
-            "images of release %s were built on the host, have no registry digest and are no longer there: %s. "
-            "Rebuild or load them, then run again; nothing was stopped" % (release.get("id"), ", ".join(missing))
+            "images of release %s were built on the host, have no registry digest and are no longer there: %s.%s "
+            "Load them (docker load), or push built images to a registry before recording a release so that "
+            "their digests are recorded, then run again; nothing was stopped"
+            % (
+                release.get("id"),
+                ", ".join(missing),
+                " A rollback does not build them again (built %s: the sources there are the project's current "
+                "ones, not the release's)." % ", ".join(contexts)
+                if contexts
+                else "",
+            )
         )
     return pulled, present
 

@@ -9,12 +9,14 @@ use a volume. Used by the volume backups (_backup.py); the archive format is _ar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 import time
 import uuid
 
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, within
 
 MOUNT = "/stackops-volume"
 HELPER_LABEL = "org.stackops.rollback.helper"
@@ -22,6 +24,89 @@ HELPER_LABEL = "org.stackops.rollback.helper"
 
 class VolumeError(Exception):
     """A volume cannot be read, emptied or given back to its containers; says what is left as it was."""
+
+
+# Host directories whose bind mounts are the system's, never an application's data.
+SYSTEM_PATHS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/run",
+)
+
+
+def is_path(source):
+    """A backup's source is a host directory (a bind mount's) when absolute, else a volume's name:
+    a volume's name never starts with '/'."""
+    return source.startswith("/")
+
+
+def data_sources(containers, project_dir, volumes, declared=(), dumped_services=(), is_dir=os.path.isdir):
+    """What a backup of a compose project copies, and what it leaves out and why.
+
+    `containers`: [{"service": name, "mounts": the engine's Mounts}]; `volumes`: the project's
+    named volumes; `declared`: host directories the operator declared as data; the services in
+    `dumped_services` are dumped online, so their mounts are not copied. A writable bind mount of
+    a directory under the project directory is data; one elsewhere only when declared. Returns
+    {"volumes": [...], "paths": [...], "dumped": [volumes and directories of the dumped services],
+    "not_backed_up": [{"source", "services", "reason"}]}.
+    """
+    project_dir = os.path.normpath(project_dir) if project_dir else None
+    declared = [os.path.normpath(path) for path in declared]
+    dumped, skipped, paths = set(), {}, set(declared)
+    for container in containers:
+        service = container.get("service") or "?"
+        for mount in container.get("mounts") or []:
+            if mount.get("Type") in ("volume", "bind") and service in dumped_services:
+                dumped.add(
+                    mount.get("Name") if mount.get("Type") == "volume" else os.path.normpath(mount.get("Source"))
+                )
+            if mount.get("Type") != "bind":
+                continue
+            source = os.path.normpath(mount.get("Source") or "/")
+            reason = bind_refusal(source, mount, service, project_dir, declared, dumped_services, is_dir)
+            if reason is None:
+                paths.add(source)
+            elif reason:
+                entry = skipped.setdefault(source, {"source": source, "services": [], "reason": reason})
+                entry["services"] = sorted(set(entry["services"]) | {service})
+    # A directory inside another one copied is in that copy already.
+    outer = sorted(p for p in paths if not any(other != p and within(p, other) for other in paths))
+    return {
+        "volumes": sorted(set(volumes) - dumped),
+        "dumped": sorted(dumped),
+        "paths": outer,
+        "not_backed_up": [skipped[s] for s in sorted(skipped) if not any(within(s, p) for p in outer)],
+    }
+
+
+def bind_refusal(source, mount, service, project_dir, declared, dumped_services, is_dir):
+    """Why a bind mount is not copied ('' when a declared directory covers it), None when it is."""
+    if any(within(source, path) for path in declared):
+        return ""
+    if service in dumped_services:
+        return "dumped online with database service %s" % service
+    if source == "/" or any(within(source, path) for path in SYSTEM_PATHS):
+        return "a system path"
+    if not is_dir(source):
+        return "a file or socket, not a directory"
+    if not mount.get("RW", True):
+        return "read-only"
+    if project_dir is None or not within(source, project_dir):
+        return "outside the project directory; declare it as data (data_paths) to back it up"
+    if source == project_dir:
+        return "the project directory itself (its files are the release's)"
+    return None
 
 
 def missing_volume(name):
@@ -32,11 +117,39 @@ def missing_volume(name):
 
 
 def existing_volume(engine, name):
-    """The volume's attributes; an error when it does not exist (nothing is created)."""
+    """The volume's attributes, or a host directory's as a volume of the local driver would have
+    them; an error when it does not exist (nothing is created)."""
+    if is_path(name):
+        if not engine.is_local():
+            raise VolumeError(
+                "directory %s is on the engine's host, and the engine is not reached through this host's Unix "
+                "socket: run this on the engine's host. Nothing was changed" % name
+            )
+        if os.path.islink(name) or not os.path.isdir(name):
+            raise VolumeError("directory %s does not exist on this host (or is a symlink); nothing was changed" % name)
+        return {"Name": name, "Driver": "local", "Mountpoint": name, "Options": {}, "Labels": {}, "Path": True}
     attrs = engine.volume(name)
     if attrs is None:
         raise missing_volume(name)
     return attrs
+
+
+def archive_key(source):
+    """The name archives of a source are filed under: a volume's name, or for a directory its base
+    name and a hash of its path (two directories of one name stay apart)."""
+    if not is_path(source):
+        return source
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(source.rstrip("/")) or "root")
+    return "dir-%s-%s" % (base, hashlib.sha256(source.encode("utf-8")).hexdigest()[:10])
+
+
+def describe_source(source):
+    return ("directory %s" if is_path(source) else "volume %s") % source
+
+
+def users(engine, source):
+    """Containers (all states) that mount the volume, or bind-mount the directory (or a part of it)."""
+    return engine.containers_binding(source) if is_path(source) else engine.containers_using(source)
 
 
 def pick_image(engine, name):
@@ -44,7 +157,7 @@ def pick_image(engine, name):
 
     The helper is created and never started, so any image will do; none is ever pulled.
     """
-    for container in engine.containers_using(name):
+    for container in users(engine, name):
         return container.attrs["Image"]
     images = engine.local_images()
     if not images:
@@ -147,7 +260,7 @@ def clear_contents(engine, volume_attrs):
         return "mountpoint"
     name = volume_attrs["Name"]
     tried = []
-    candidates = [c.attrs["Image"] for c in engine.containers_using(name)] + [i for i, _size in engine.local_images()]
+    candidates = [c.attrs["Image"] for c in users(engine, name)] + [i for i, _size in engine.local_images()]
     for image in list(dict.fromkeys(candidates))[:5]:
         try:
             engine.run_container(
@@ -179,7 +292,7 @@ class StoppedUsers:
 
     def __enter__(self):
         if self.enabled:
-            for container in self.engine.containers_using(self.volume):
+            for container in users(self.engine, self.volume):
                 if container.status == "running" and not (container.labels or {}).get(HELPER_LABEL):
                     self.engine.stop(container, self.timeout)
                     self.stopped.append(container)

@@ -58,9 +58,26 @@ options:
     type: str
   services:
     description:
-      - Services that get a copy. Defaults to every service that mounts no named volume.
+      - Services that get a copy. Defaults to every service that mounts no data - no named volume and
+        no writable bind mount outside O(shareable_paths) and the system paths. A service named here
+        that mounts data is refused, nothing written.
     type: list
     elements: str
+  shareable_paths:
+    description:
+      - Host directories that both copies of a service may write at once (for example an uploads
+        directory the application writes safely from two processes). A writable bind mount inside
+        one of them does not keep its service single.
+    type: list
+    elements: path
+    default: []
+  base_dir:
+    description:
+      - The project directory, when O(project_src) is a staging folder that holds only the target's
+        files. The copy then runs on the project's own files - relative bind mounts, build contexts
+        and file-based configs and secrets resolve under O(base_dir), as they do for the primary
+        project - while the env files are read from O(project_src) (the target's contents).
+    type: path
   port_offset:
     description:
       - Added to each published port of a copied service to give its alternate port.
@@ -165,6 +182,8 @@ def main():
         proxy_port=dict(type="int"),
         upstream_host=dict(type="str", default="127.0.0.1"),
         dest=dict(type="path", required=True),
+        base_dir=dict(type="path"),
+        shareable_paths=dict(type="list", elements="path", default=[]),
     )
     argument_spec.update(compose_project_args(project_src=dict(required=True), project_name=dict(required=True)))
     module, engine = docker_module(argument_spec, required_together=[("proxy_service", "proxy_port")])

@@ -19,7 +19,9 @@ description:
     C(COMPOSE_FILE) (from the environment or the env files, split at C(COMPOSE_PATH_SEPARATOR)),
     else the default compose file and its override - unless O(files) names them. Compose's own settings
     from the env files (C(COMPOSE_FILE), C(COMPOSE_PROFILES), ...) are shown with the release. A compose
-    file outside O(project_src) is refused; a service C(env_file) outside it is listed as not recorded.
+    file outside O(project_src) is refused; a service C(env_file) outside it is listed as not recorded,
+    and so is each C(build) context, whose sources are not recorded - a built service comes back as
+    its image, by registry digest or by image id while the host still has it, never built again.
   - The release id is derived from that content, so recording the same deployed state twice is
     not a new release and changes nothing.
   - With O(state=restored), writes the files of a release (from the ledger, or from git for a git ref
@@ -235,7 +237,7 @@ release:
     unrecorded:
       description:
         - Files the project uses that the ledger could not record (a service C(env_file) outside the
-          project directory).
+          project directory), and the services' build contexts (C(kind=build)).
       type: list
       elements: dict
       sample: [{service: web, path: /etc/shop/shared.env, why: outside the project directory}]

@@ -56,10 +56,42 @@ options:
     description:
       - Name of the volume. Required unless O(project) is set.
     type: str
+  path:
+    description:
+      - A host directory to back up or restore instead of a volume, such as the data directory a
+        service bind-mounts. The module must run on the engine's host (a directory is on the host,
+        not in the engine). Its containers are those that bind-mount it, a part of it, or a directory
+        that holds it.
+    type: path
   project:
     description:
-      - Back up every volume of this compose project (volumes labelled C(com.docker.compose.project)).
+      - Back up the data of this compose project - every volume labelled C(com.docker.compose.project)
+        and the directories its containers bind-mount that are data (see O(project_src),
+        O(data_paths)). In check mode, says what that backup would copy (RV(volumes), RV(paths),
+        RV(not_backed_up), RV(bytes)) and changes nothing.
     type: str
+  project_src:
+    description:
+      - The project directory, with O(project). A writable bind mount of a directory under it is
+        data and backed up. Read-only mounts, files, sockets, system paths, the project directory
+        itself (its files are the release's) and directories outside it that are not in
+        O(data_paths) are not, and are listed in RV(not_backed_up) with the reason.
+    type: path
+  data_paths:
+    description:
+      - Host directories that are data wherever they are (a bind mount outside the project directory),
+        with O(project). Each must exist, and be neither a system path nor a directory holding the
+        project directory.
+    type: list
+    elements: path
+    default: []
+  skip_services:
+    description:
+      - With O(project), services whose volumes and bind mounts are not copied because their
+        database is dumped online (M(stackops.rollback.database_backup)).
+    type: list
+    elements: str
+    default: []
   state:
     description:
       - V(backup) writes an archive of the volume into O(dest); V(restore) replaces the volume's contents
@@ -151,6 +183,20 @@ EXAMPLES = r"""
     name: shop_dbdata
     archive: "{{ shop_backup.archive }}"
     state: restore
+
+- name: Say what a backup of the project would copy - volumes and bind-mounted data directories
+  stackops.rollback.volume_backup:
+    project: shop
+    project_src: /srv/shop
+    data_paths: [/srv/uploads]
+    dest: /var/backups/shop
+  check_mode: true
+  register: shop_data
+
+- name: Back up a bind-mounted data directory, its containers stopped for the copy
+  stackops.rollback.volume_backup:
+    path: /srv/shop/pgdata
+    dest: /var/backups/shop
 """
 
 RETURN = r"""
@@ -175,8 +221,11 @@ files:
   returned: success, unless O(project) is set
   type: int
 bytes:
-  description: Bytes of file data in the archive, uncompressed.
-  returned: success, unless O(project) is set
+  description:
+    - Bytes of file data in the archive, uncompressed.
+    - With O(project), the bytes of the project's data a backup copies or dumps (the volumes as
+      the engine counts them, the directories' files) - what its backups need at most.
+  returned: success
   type: int
 duration:
   description: Seconds the operation took.
@@ -210,8 +259,28 @@ differences:
   type: list
   elements: str
 backups:
-  description: One result per volume, with O(project).
+  description: One result per volume (its name in C(volume)) or directory (in C(path)), with O(project).
   returned: when O(project) is set
+  type: list
+  elements: dict
+volumes:
+  description: The project's volumes a backup copies.
+  returned: with O(project)
+  type: list
+  elements: str
+paths:
+  description: The host directories a backup copies (one inside another is in the outer one's copy).
+  returned: with O(project)
+  type: list
+  elements: str
+dumped:
+  description: The volumes and directories of O(skip_services), left to their database's dump.
+  returned: with O(project)
+  type: list
+  elements: str
+not_backed_up:
+  description: Bind mounts a backup does not copy, each with C(source), C(services) and C(reason).
+  returned: with O(project)
   type: list
   elements: dict
 """
@@ -226,7 +295,11 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
 def main():
     argument_spec = dict(
         name=dict(type="str"),
+        path=dict(type="path"),
         project=dict(type="str"),
+        project_src=dict(type="path"),
+        data_paths=dict(type="list", elements="path", default=[]),
+        skip_services=dict(type="list", elements="str", default=[]),
         state=dict(type="str", choices=["backup", "restore", "verify"], default="backup"),
         dest=dict(type="path"),
         archive=dict(type="path"),
@@ -241,8 +314,12 @@ def main():
     argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(
         argument_spec,
-        mutually_exclusive=[("name", "project")],
-        required_if=[("state", "backup", ("name", "project"), True), ("state", "restore", ("name", "archive"))],
+        mutually_exclusive=[("name", "path", "project")],
+        required_if=[
+            ("state", "backup", ("name", "path", "project"), True),
+            ("state", "restore", ("name", "path"), True),
+            ("state", "restore", ("archive",)),
+        ],
     )
     try:
         result = run_keeping_lease(module, VolumeBackups(module, engine).run)

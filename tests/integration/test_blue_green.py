@@ -7,6 +7,7 @@ guide's setup: green gets alternate host ports).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -329,7 +330,8 @@ def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(b
 
     result = shop.rollback(blue_green_services=["app", "db"])
     assert result.returncode != 0
-    assert "db" in result.stdout and "named volume" in result.stdout, result.stdout[-4000:]
+    volume = "it mounts volume dbdata,"
+    assert "second copy of service db" in result.stdout and volume in result.stdout, result.stdout[-4000:]
     assert shop.containers() == before
     assert shop.containers(shop.stack.name + "-green") == []
     assert shop.caddy.caddyfile.read_bytes() == caddyfile
@@ -337,7 +339,7 @@ def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(b
     listing = shop.info()
     assert listing["current"]["id"] == v2 and listing["lock"] is None
     refused = shop.audit()[-1]
-    assert refused["event"] == "refused_rollback" and "named volume" in refused["details"]["reason"], refused
+    assert refused["event"] == "refused_rollback" and volume in refused["details"]["reason"], refused
 
 
 def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
@@ -364,3 +366,44 @@ def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
         assert (env.get("GREETING"), env.get("MODE")) == ("hello-v1", "prod-v1"), (attempt, env)
         assert shop.served() == "v1", attempt
         shop.stack.up()
+
+
+@pytest.fixture
+def bind_mounted_bg_shop(compose_stack, images, free_port, tmp_path):
+    """The shop with its database on a relative bind mount and a read-only config mount."""
+    port = free_port()
+    compose = testbed.shop_on_bind_mounts(images["POSTGRES_IMAGE"], images["APP_IMAGE"], port)
+    stack = compose_stack(compose, files={"conf/shop.ini": "[shop]\n"})
+    with host_migrates_queued_connections():
+        caddy = HostCaddy(compose_stack, images, tmp_path / "proxy", stack.name, "127.0.0.1:%d" % port)
+        yield BlueGreenShop(stack, port, tmp_path, caddy)
+    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
+
+
+def test_a_database_on_a_bind_mount_stays_single_and_green_runs_on_the_project_s_files(bind_mounted_bg_shop):
+    """No second PostgreSQL on ./pgdata: the database keeps running once, its rows kept; green's
+    relative config mount is the project directory's, not an empty folder of the staging area."""
+    shop = bind_mounted_bg_shop
+    pgdata, conf = str(shop.dir / "pgdata"), str(shop.dir / "conf")
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    db_before = testbed.run(["docker", "ps", "-q", "--filter", "volume=%s" % pgdata]).stdout.split()
+    assert len(db_before) == 1
+
+    duplicate = shop.rollback(blue_green_services=["app", "db"])
+    assert duplicate.returncode != 0
+    assert "second copy of service db: it mounts directory %s" % pgdata in duplicate.stdout, duplicate.stdout[-4000:]
+    assert shop.containers(shop.stack.name + "-green") == [] and shop.served() == "v2"
+
+    result = shop.rollback()
+    assert_ok(result)
+    assert "single: db" in result.stdout, result.stdout[-4000:]
+    assert "rolled back blue-green from %s (v2)" % v2 in result.stdout, result.stdout[-4000:]
+    assert shop.served() == "v1" and shop.rows() == ["row 1", "row 2"]
+    assert testbed.run(["docker", "ps", "-q", "--filter", "volume=%s" % pgdata]).stdout.split() == db_before
+    green = json.loads((LEDGER / "projects" / shop.stack.name / "green.json").read_text())
+    assert sorted(green["services"]) == ["app"], green["services"].keys()
+    mounts = {m["target"]: m["source"] for m in green["services"]["app"]["volumes"]}
+    assert mounts == {"/etc/shop": conf}, mounts

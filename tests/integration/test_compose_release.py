@@ -160,6 +160,26 @@ def test_git_ref_resolves_to_the_release_recorded_from_it(run_module, app_stack)
     assert listing["target"]["id"] == v1["release_id"]
 
 
+def test_a_changed_service_env_file_makes_the_git_work_tree_dirty(run_module, app_stack):
+    """The release is the project as Compose loads it: a service env_file that differs from its
+    commit makes the release dirty, like a changed compose file."""
+    compose = app_stack.dir / "compose.yml"
+    compose.write_text(
+        compose.read_text().replace("    environment:\n", "    env_file: app.env\n    environment:\n", 1)
+    )
+    (app_stack.dir / "app.env").write_text("GREETING=hello\n")
+    git = ["git", "-C", str(app_stack.dir), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "compose.yml", ".env", "app.env"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    clean = record(run_module, app_stack, version="v1")
+    assert "app.env" in clean["release"]["files"], clean["release"]["files"]
+    assert clean["release"]["git"]["dirty"] is False, clean["release"]["git"]
+    (app_stack.dir / "app.env").write_text("GREETING=changed by hand\n")
+    dirty = record(run_module, app_stack, version="v1-edited")
+    assert dirty["release"]["git"]["dirty"] is True, dirty["release"]["git"]
+
+
 def test_unknown_target_is_a_clear_error(run_module, app_stack):
     record(run_module, app_stack)
     result = info(run_module, app_stack, target="0123456789ab")

@@ -706,3 +706,181 @@ def test_the_whole_project_is_rolled_back_env_file_overlay_and_profile(compose_s
             stack.up()
     finally:
         shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
+
+
+# The shop with its data on bind mounts (testbed.shop_on_bind_mounts), and a second PostgreSQL on
+# an absolute one elsewhere (declared in recreate_data_paths).
+ARCHIVE_DATABASE = """\
+  archive:
+    image: {postgres}
+    environment:
+      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
+      POSTGRES_DB: archive
+    volumes:
+      - {archive_dir}:/var/lib/postgresql/data
+"""
+
+
+@pytest.fixture
+def bind_mounted_shop(compose_stack, images, free_port, tmp_path):
+    port = free_port()
+    archive_dir = tmp_path / "archive-pgdata"
+    compose = testbed.shop_on_bind_mounts(images["POSTGRES_IMAGE"], images["APP_IMAGE"], port).replace(
+        "  app:\n", ARCHIVE_DATABASE.format(postgres=images["POSTGRES_IMAGE"], archive_dir=archive_dir) + "  app:\n", 1
+    )
+    stack = compose_stack(compose, files={"conf/shop.ini": "[shop]\n"})
+    shop = RecreateShop(stack, port, tmp_path)
+    shop.archive_dir = archive_dir
+    yield shop
+    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
+
+
+def archive_rows(shop):
+    """The rows of the second database (its table made on first use)."""
+    sql = "CREATE TABLE IF NOT EXISTS notes (body text); SELECT count(*) FROM notes;"
+    return int(
+        shop.stack.compose(
+            "exec", "-T", "archive", "psql", "-U", "postgres", "-d", "archive", "-tAc", sql
+        ).stdout.split()[-1]
+    )
+
+
+def add_archive_row(shop, body):
+    sql = "CREATE TABLE IF NOT EXISTS notes (body text); INSERT INTO notes VALUES ('%s');" % body
+    shop.stack.compose("exec", "-T", "archive", "psql", "-U", "postgres", "-d", "archive", "-c", sql)
+
+
+def servers_on(directory):
+    """The running containers that bind-mount a directory (the engine's volume filter matches a bind's source)."""
+    return testbed.run(["docker", "ps", "-q", "--filter", "volume=%s" % directory]).stdout.split()
+
+
+def test_bind_mounted_data_is_backed_up_listed_in_the_plan_and_every_row_kept(bind_mounted_shop):
+    shop = bind_mounted_shop
+    pgdata, archive_dir = str(shop.dir / "pgdata"), str(shop.archive_dir)
+    shop.deploy("v1")
+    shop.write("row 1")
+    add_archive_row(shop, "note 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    add_archive_row(shop, "note 2")
+    variables = {"recreate_data_paths": [archive_dir]}
+
+    plan = shop.rollback(check=True, **variables)
+    assert_ok(plan)
+    copied = "data directories copied, their containers stopped: %s" % ", ".join(sorted([pgdata, archive_dir]))
+    assert copied in plan.stdout, plan.stdout[-4000:]
+    assert "bind mounts not backed up: %s (app: read-only)" % (shop.dir / "conf") in plan.stdout, plan.stdout[-4000:]
+    assert not shop.backups.exists() or not list(shop.backups.iterdir()), "check mode wrote a backup"
+
+    result = shop.rollback(**variables)
+    assert_ok(result)
+    assert "rolled back from %s (v2)" % v2 in result.stdout, result.stdout[-4000:]
+    assert shop.version() == "v1"
+    assert shop.rows() == ["row 1", "row 2"] and archive_rows(shop) == 2
+    for directory in (pgdata, archive_dir):
+        assert len(servers_on(directory)) == 1, "not one database server on %s" % directory
+        key = "dir-%s-" % Path(directory).name
+        mine = [a for a in shop.backups.glob(key + "*.tar*") if not a.name.endswith(".json")]
+        assert len(mine) == 1, sorted(p.name for p in shop.backups.iterdir())
+        manifest = json.loads(Path(str(mine[0]) + ".manifest.json").read_text())
+        assert manifest["volume"] == dict(manifest["volume"], name=directory, directory=True), manifest["volume"]
+        assert manifest["files"] > 100, "not a PostgreSQL data directory: %s" % manifest["files"]
+        assert oct(mine[0].stat().st_mode & 0o777) == "0o600"
+        verified = testbed.run_module("volume_backup", {"archive": str(mine[0]), "state": "verify"})
+        assert not verified.get("failed"), verified
+    assert not list(shop.backups.glob("dir-conf-*")), "the read-only config mount was backed up"
+
+
+def test_a_revert_that_puts_the_data_back_restores_a_bind_mounted_directory(bind_mounted_shop):
+    """recreate_revert_data always: the target fails verification and the revert puts the
+    bind-mounted data directory back from its backup, after a safety copy of what it replaces."""
+    shop = bind_mounted_shop
+    shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    failing = shop.rollback(
+        recreate_revert_data="always",
+        recreate_data_paths=[str(shop.archive_dir)],
+        recreate_health_timeout=10,
+        recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
+    )
+    assert failing.returncode != 0 and "FAILED at step 'verify'" in failing.stdout, failing.stdout[-4000:]
+    assert "Restore each volume and data directory from its backup" in failing.stdout
+    assert str(shop.dir / "pgdata") in failing.stdout
+    assert "put back on release %s" % v2 in failing.stdout, failing.stdout[-4000:]
+    assert shop.version() == "v2" and shop.rows() == ["row 1", "row 2"]
+    details = shop.audit()[-1]["details"]
+    safety = [a for a in details["safety_archives"] if Path(a).name.startswith("dir-pgdata-")]
+    assert safety and Path(safety[0]).exists(), details
+    assert len(servers_on(str(shop.dir / "pgdata"))) == 1
+
+
+BUILT_APP = """\
+services:
+  app:
+    image: {image}:${{APP_TAG}}
+    build: ./app
+    environment:
+      APP_SECRET: s
+    ports:
+      - "127.0.0.1:{port}:8080"
+"""
+
+
+def test_a_built_image_comes_back_by_its_id_and_once_gone_the_rollback_is_refused_naming_its_context(
+    compose_stack, images, free_port, tmp_path
+):
+    """A service built on the host (no registry digest): the rollback pins the release's image by its
+    id while the host has it; once it is gone, the rollback is refused before anything changes,
+    naming the build context (building it would build the newer version's sources)."""
+    port = free_port()
+    image = "stackops-built-%s" % tmp_path.name.lower().replace("_", "-")
+    stack = compose_stack(BUILT_APP.format(image=image, port=port))
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
+    url = "http://127.0.0.1:%d/version" % port
+
+    def deploy(tag):
+        # Built here, never pushed: no registry digest (`up` does not build an image that is there).
+        (stack.dir / "app").mkdir(exist_ok=True)
+        (stack.dir / "app" / "Dockerfile").write_text("FROM %s:%s\nLABEL built=%s\n" % (images["APP_IMAGE"], tag, tag))
+        testbed.run(["docker", "build", "-q", "-t", "%s:%s" % (image, tag), str(stack.dir / "app")])
+        (stack.dir / ".env").write_text("APP_TAG=%s\n" % tag)
+        stack.up()
+        testbed.wait_http(url, body_contains=tag)
+        recorded = testbed.run_module(
+            "compose_release", dict(project_src=str(stack.dir), project_name=stack.name, version=tag)
+        )
+        assert not recorded.get("failed"), recorded
+        return recorded["release"]
+
+    variables = {"recreate_project_src": str(stack.dir), "recreate_backup_dir": str(tmp_path / "backups")}
+    try:
+        v1 = deploy("v1")
+        assert v1["services"]["app"]["repo_digest"] is None, v1["services"]
+        assert {"service": "app", "path": "app", "kind": "build"}.items() <= v1["unrecorded"][0].items()
+        deploy("v2")
+        back = testbed.run_playbook(PLAYBOOK, variables, inventory=str(inventory))
+        assert_ok(back)
+        assert "not recorded, left as they are: app" in back.stdout, back.stdout[-4000:]
+        assert testbed.http_get(url)[1].strip() == "v1"
+
+        v3 = deploy("v3")
+        testbed.run(["docker", "image", "rm", "%s:v1" % image])  # v1's image is gone from the host
+        before = stack.container_id("app")
+        for check in (True, False):
+            refused = testbed.run_playbook(
+                PLAYBOOK, dict(variables, recreate_target=v1["id"]), inventory=str(inventory), check=check
+            )
+            assert refused.returncode != 0, refused.stdout[-4000:]
+            assert "no registry digest and are no longer there: app" in refused.stdout, refused.stdout[-4000:]
+            assert "A rollback does not build them again (built app from app" in refused.stdout
+            assert stack.container_id("app") == before and (stack.dir / ".env").read_text() == "APP_TAG=v3\n"
+            assert testbed.http_get(url)[1].strip() == "v3"
+        assert v3["id"] != v1["id"]
+    finally:
+        shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
+        stack.down()
+        testbed.run(["docker", "image", "rm", "-f", *("%s:%s" % (image, t) for t in ("v1", "v2", "v3"))], check=False)

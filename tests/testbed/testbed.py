@@ -58,6 +58,17 @@ volumes:
 """
 
 
+def shop_on_bind_mounts(postgres, app, port):
+    """The shop with its database on a relative bind mount (./pgdata) and a read-only config mount
+    (./conf): data that is a directory of the project, and a mount that is not data."""
+    return (
+        SHOP_COMPOSE.format(postgres=postgres, app=app, port=port)
+        .replace("      - dbdata:/var/lib/postgresql/data\n", "      - ./pgdata:/var/lib/postgresql/data\n")
+        .replace("volumes:\n  dbdata:\n", "")
+        .replace("    ports:\n", "    volumes:\n      - ./conf:/etc/shop:ro\n    ports:\n")
+    )
+
+
 # The same shop on MariaDB (the `mariadb` engine of the databases declaration).
 SHOP_MARIADB_COMPOSE = """\
 services:

@@ -22,7 +22,7 @@ def model():
                 "ports": [
                     {"mode": "ingress", "host_ip": "127.0.0.1", "target": 8080, "published": "8080", "protocol": "tcp"}
                 ],
-                "volumes": [{"type": "bind", "source": "/srv/static", "target": "/static"}],
+                "volumes": [{"type": "bind", "source": "/srv/static", "target": "/static", "read_only": True}],
                 "networks": {"default": None},
             },
             "worker": {"image": "app@sha256:2", "networks": {"default": None}},
@@ -38,6 +38,34 @@ def always_free(port, host_ip=""):
 
 def test_services_with_named_volumes_stay_single():
     assert _alternate.split_services(model()) == (["app", "worker"], ["db"])
+
+
+def test_a_service_writing_a_bind_mounted_directory_stays_single_unless_the_directory_is_shareable():
+    m = model()
+    m["services"]["worker"]["volumes"] = [
+        {"type": "bind", "source": "/srv/shop/uploads/", "target": "/uploads"},
+        {"type": "bind", "source": "/var/run/docker.sock", "target": "/var/run/docker.sock"},
+    ]
+    assert _alternate.split_services(m) == (["app"], ["db", "worker"])
+    assert _alternate.split_services(m, shareable=["/srv/shop/uploads"]) == (["app", "worker"], ["db"])
+    with pytest.raises(AlternateError, match="service worker: it mounts directory /srv/shop/uploads, which"):
+        _alternate.split_services(m, ["app", "worker"])
+
+
+def test_green_runs_on_the_project_s_own_files_not_the_staging_folder():
+    m = model()
+    stage, project = "/var/lib/stackops-rollback/projects/shop/green-src", "/srv/shop"
+    m["services"]["app"]["volumes"] = [
+        {"type": "bind", "source": stage + "/conf", "target": "/etc/shop", "read_only": True},
+        {"type": "bind", "source": "/srv/static", "target": "/static", "read_only": True},
+    ]
+    m["services"]["app"]["build"] = {"context": stage, "dockerfile": "Dockerfile"}
+    m["secrets"] = {"key": {"file": stage + "/secrets/key.txt"}}
+    moved = _alternate.rebased(m, stage + "/", project)
+    assert [v["source"] for v in moved["services"]["app"]["volumes"]] == ["/srv/shop/conf", "/srv/static"]
+    assert moved["services"]["app"]["build"]["context"] == "/srv/shop"
+    assert moved["secrets"]["key"]["file"] == "/srv/shop/secrets/key.txt"
+    assert m["services"]["app"]["volumes"][0]["source"] == stage + "/conf", "the model given was changed"
 
 
 def test_duplicating_a_service_with_a_named_volume_is_refused():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils._archive import ArchiveError, prepare_dir
 from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
+from ansible_collections.stackops.rollback.plugins.module_utils._volumes import VolumeError
 
 
 class FakeModule:
@@ -109,3 +110,29 @@ def test_a_directory_that_cannot_be_made_names_its_option(tmp_path):
     module.check_mode = True
     prepare_dir(module, str(tmp_path / "later"), "dest", "the archives")
     assert not (tmp_path / "later").exists(), "check mode created the directory"
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ("relative/dir", "is not an absolute path"),
+        ("/etc/app", "is a system path"),
+        ("/", "is a system path"),
+        ("PROJECT_PARENT", "holds the project directory"),
+        ("MISSING", "does not exist on this host"),
+    ],
+)
+def test_a_declared_data_directory_that_is_not_data_is_refused(tmp_path, declared, message):
+    project = tmp_path / "shop"
+    project.mkdir()
+    declared = {"PROJECT_PARENT": str(tmp_path), "MISSING": str(tmp_path / "gone")}.get(declared, declared)
+    params = {"project_src": str(project), "data_paths": [declared]}
+    manager = VolumeBackups(FakeModule(params, None), FakeEngine())
+    with pytest.raises((ArchiveError, VolumeError), match=message):
+        manager.declared_paths()
+
+
+def test_a_declared_data_directory_is_kept_normalised(tmp_path):
+    (tmp_path / "media").mkdir()
+    params = {"project_src": str(tmp_path / "shop"), "data_paths": [str(tmp_path / "media") + "/"]}
+    assert VolumeBackups(FakeModule(params, None), FakeEngine()).declared_paths() == [str(tmp_path / "media")]

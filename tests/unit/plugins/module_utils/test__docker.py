@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import types
 
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _docker
+from docker import errors as docker_errors
 
 
 class FakeModule:
@@ -121,3 +123,25 @@ class _FakeApiError(Exception):
 )
 def test_describe_prefers_the_engine_explanation(exc, expected):
     assert _docker.describe(exc) == expected
+
+
+def test_containers_binding_a_directory_are_those_whose_bind_mounts_overlap_it():
+    summaries = [
+        {"Id": "db", "Mounts": [{"Type": "bind", "Source": "/srv/shop/pgdata"}]},
+        {"Id": "all", "Mounts": [{"Type": "bind", "Source": "/srv"}]},  # holds it: writes there too
+        {"Id": "thumbs", "Mounts": [{"Type": "bind", "Source": "/srv/shop/pgdata/sub"}]},
+        {"Id": "gone", "Mounts": [{"Type": "bind", "Source": "/srv/shop/pgdata"}]},  # removed since the list
+        {"Id": "other", "Mounts": [{"Type": "bind", "Source": "/srv/shop/pgdata2"}]},
+        {"Id": "vol", "Mounts": [{"Type": "volume", "Name": "x", "Source": "/srv/shop/pgdata"}]},
+    ]
+
+    def get(container_id):
+        if container_id == "gone":
+            raise docker_errors.NotFound("gone")
+        return container_id
+
+    gateway = _docker.Engine(types.SimpleNamespace(params={}))
+    gateway._client = types.SimpleNamespace(
+        api=types.SimpleNamespace(containers=lambda all=False: summaries), containers=types.SimpleNamespace(get=get)
+    )
+    assert gateway.containers_binding("/srv/shop/pgdata") == ["db", "all", "thumbs"]

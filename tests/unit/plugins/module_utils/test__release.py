@@ -417,3 +417,19 @@ def test_an_override_is_left_alone_when_the_target_names_its_files(tmp_path):
     release = {"files": [{"path": "compose.yml", "kind": "compose"}], "settings": {"COMPOSE_FILE": "compose.yml"}}
     _writes, removals, _diff = _release.plan_checkout(str(tmp_path), release, {"compose.yml": b""})
     assert removals == []
+
+
+def test_build_contexts_are_named_as_not_recorded():
+    model = {
+        "services": {
+            "app": {"build": {"context": "/srv/shop/app", "dockerfile": "Dockerfile"}, "image": "shop-app"},
+            "worker": {"build": "/srv/tools"},
+            "db": {"image": "postgres:17"},
+        }
+    }
+    found = _release.build_contexts(model, "/srv/shop")
+    assert [(f["service"], f["path"], f["kind"]) for f in found] == [
+        ("app", "app", "build"),
+        ("worker", "/srv/tools", "build"),
+    ]
+    assert "by its digest" in found[0]["why"]
