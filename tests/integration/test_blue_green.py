@@ -18,7 +18,7 @@ import pytest
 import testbed
 from loadgen import LoadGenerator, summarize
 from proxy import HostCaddy, host_migrates_queued_connections
-from shop import LEDGER, BlueGreenShop, versions_in_order
+from shop import LEDGER, BlueGreenShop, two_releases_with_archive_notes, versions_in_order
 from writer import rows_written_throughout
 
 # Tests that count failed requests under load are marked serial: they run alone (make integration's
@@ -370,13 +370,17 @@ def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
 
 @pytest.fixture
 def bind_mounted_bg_shop(compose_stack, images, free_port, tmp_path):
-    """The shop with its database on a relative bind mount and a read-only config mount."""
+    """The shop with its database on a relative bind mount, a second one on an absolute bind mount
+    outside the project, and a read-only config mount."""
     port = free_port()
-    compose = testbed.shop_on_bind_mounts(images["POSTGRES_IMAGE"], images["APP_IMAGE"], port)
+    archive_dir = tmp_path / "archive-pgdata"
+    compose = testbed.shop_on_bind_mounts(images["POSTGRES_IMAGE"], images["APP_IMAGE"], port, archive_dir)
     stack = compose_stack(compose, files={"conf/shop.ini": "[shop]\n"})
     with host_migrates_queued_connections():
         caddy = HostCaddy(compose_stack, images, tmp_path / "proxy", stack.name, "127.0.0.1:%d" % port)
-        yield BlueGreenShop(stack, port, tmp_path, caddy)
+        shop = BlueGreenShop(stack, port, tmp_path, caddy)
+        shop.archive_dir = archive_dir
+        yield shop
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
@@ -385,12 +389,9 @@ def test_a_database_on_a_bind_mount_stays_single_and_green_runs_on_the_project_s
     relative config mount is the project directory's, not an empty folder of the staging area."""
     shop = bind_mounted_bg_shop
     pgdata, conf = str(shop.dir / "pgdata"), str(shop.dir / "conf")
-    shop.deploy("v1")
-    shop.write("row 1")
-    v2 = shop.deploy("v2")
-    shop.write("row 2")
-    db_before = testbed.run(["docker", "ps", "-q", "--filter", "volume=%s" % pgdata]).stdout.split()
-    assert len(db_before) == 1
+    v2 = two_releases_with_archive_notes(shop)
+    servers = {d: testbed.servers_on(d) for d in (pgdata, str(shop.archive_dir))}
+    assert all(len(ids) == 1 for ids in servers.values()), servers
 
     duplicate = shop.rollback(blue_green_services=["app", "db"])
     assert duplicate.returncode != 0
@@ -399,10 +400,11 @@ def test_a_database_on_a_bind_mount_stays_single_and_green_runs_on_the_project_s
 
     result = shop.rollback()
     assert_ok(result)
-    assert "single: db" in result.stdout, result.stdout[-4000:]
+    assert "single: archive, db" in result.stdout, result.stdout[-4000:]
     assert "rolled back blue-green from %s (v2)" % v2 in result.stdout, result.stdout[-4000:]
     assert shop.served() == "v1" and shop.rows() == ["row 1", "row 2"]
-    assert testbed.run(["docker", "ps", "-q", "--filter", "volume=%s" % pgdata]).stdout.split() == db_before
+    assert testbed.archive_rows(shop.stack) == 2
+    assert {d: testbed.servers_on(d) for d in servers} == servers, "a database server was started again or twice"
     green = json.loads((LEDGER / "projects" / shop.stack.name / "green.json").read_text())
     assert sorted(green["services"]) == ["app"], green["services"].keys()
     mounts = {m["target"]: m["source"] for m in green["services"]["app"]["volumes"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import testbed
-from shop import LEDGER, RecreateShop
+from shop import LEDGER, RecreateShop, two_releases_with_archive_notes
 from writer import rows_written_throughout
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
@@ -708,26 +708,13 @@ def test_the_whole_project_is_rolled_back_env_file_overlay_and_profile(compose_s
         shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
-# The shop with its data on bind mounts (testbed.shop_on_bind_mounts), and a second PostgreSQL on
-# an absolute one elsewhere (declared in recreate_data_paths).
-ARCHIVE_DATABASE = """\
-  archive:
-    image: {postgres}
-    environment:
-      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
-      POSTGRES_DB: archive
-    volumes:
-      - {archive_dir}:/var/lib/postgresql/data
-"""
-
-
 @pytest.fixture
 def bind_mounted_shop(compose_stack, images, free_port, tmp_path):
+    """The shop on bind mounts (testbed.shop_on_bind_mounts), with a second PostgreSQL on an absolute
+    one elsewhere (declared in recreate_data_paths by the tests)."""
     port = free_port()
     archive_dir = tmp_path / "archive-pgdata"
-    compose = testbed.shop_on_bind_mounts(images["POSTGRES_IMAGE"], images["APP_IMAGE"], port).replace(
-        "  app:\n", ARCHIVE_DATABASE.format(postgres=images["POSTGRES_IMAGE"], archive_dir=archive_dir) + "  app:\n", 1
-    )
+    compose = testbed.shop_on_bind_mounts(images["POSTGRES_IMAGE"], images["APP_IMAGE"], port, archive_dir)
     stack = compose_stack(compose, files={"conf/shop.ini": "[shop]\n"})
     shop = RecreateShop(stack, port, tmp_path)
     shop.archive_dir = archive_dir
@@ -735,35 +722,10 @@ def bind_mounted_shop(compose_stack, images, free_port, tmp_path):
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
-def archive_rows(shop):
-    """The rows of the second database (its table made on first use)."""
-    sql = "CREATE TABLE IF NOT EXISTS notes (body text); SELECT count(*) FROM notes;"
-    return int(
-        shop.stack.compose(
-            "exec", "-T", "archive", "psql", "-U", "postgres", "-d", "archive", "-tAc", sql
-        ).stdout.split()[-1]
-    )
-
-
-def add_archive_row(shop, body):
-    sql = "CREATE TABLE IF NOT EXISTS notes (body text); INSERT INTO notes VALUES ('%s');" % body
-    shop.stack.compose("exec", "-T", "archive", "psql", "-U", "postgres", "-d", "archive", "-c", sql)
-
-
-def servers_on(directory):
-    """The running containers that bind-mount a directory (the engine's volume filter matches a bind's source)."""
-    return testbed.run(["docker", "ps", "-q", "--filter", "volume=%s" % directory]).stdout.split()
-
-
 def test_bind_mounted_data_is_backed_up_listed_in_the_plan_and_every_row_kept(bind_mounted_shop):
     shop = bind_mounted_shop
     pgdata, archive_dir = str(shop.dir / "pgdata"), str(shop.archive_dir)
-    shop.deploy("v1")
-    shop.write("row 1")
-    add_archive_row(shop, "note 1")
-    v2 = shop.deploy("v2")
-    shop.write("row 2")
-    add_archive_row(shop, "note 2")
+    v2 = two_releases_with_archive_notes(shop)
     variables = {"recreate_data_paths": [archive_dir]}
 
     plan = shop.rollback(check=True, **variables)
@@ -777,9 +739,9 @@ def test_bind_mounted_data_is_backed_up_listed_in_the_plan_and_every_row_kept(bi
     assert_ok(result)
     assert "rolled back from %s (v2)" % v2 in result.stdout, result.stdout[-4000:]
     assert shop.version() == "v1"
-    assert shop.rows() == ["row 1", "row 2"] and archive_rows(shop) == 2
+    assert shop.rows() == ["row 1", "row 2"] and testbed.archive_rows(shop.stack) == 2
     for directory in (pgdata, archive_dir):
-        assert len(servers_on(directory)) == 1, "not one database server on %s" % directory
+        assert len(testbed.servers_on(directory)) == 1, "not one database server on %s" % directory
         key = "dir-%s-" % Path(directory).name
         mine = [a for a in shop.backups.glob(key + "*.tar*") if not a.name.endswith(".json")]
         assert len(mine) == 1, sorted(p.name for p in shop.backups.iterdir())
@@ -814,7 +776,7 @@ def test_a_revert_that_puts_the_data_back_restores_a_bind_mounted_directory(bind
     details = shop.audit()[-1]["details"]
     safety = [a for a in details["safety_archives"] if Path(a).name.startswith("dir-pgdata-")]
     assert safety and Path(safety[0]).exists(), details
-    assert len(servers_on(str(shop.dir / "pgdata"))) == 1
+    assert len(testbed.servers_on(str(shop.dir / "pgdata"))) == 1
 
 
 BUILT_APP = """\

@@ -179,6 +179,18 @@ class BlueGreenShop(Shop):
         return sorted(tuple(line.split()) for line in out.splitlines() if line.strip())
 
 
+def two_releases_with_archive_notes(shop):
+    """Deploy v1 then v2, writing a row and a note in the `archive` database after each (the shop on
+    bind mounts, testbed.shop_on_bind_mounts with archive_dir); returns v2's release id."""
+    shop.deploy("v1")
+    shop.write("row 1")
+    testbed.add_archive_row(shop.stack, "note 1")
+    v2 = shop.deploy("v2")
+    shop.write("row 2")
+    testbed.add_archive_row(shop.stack, "note 2")
+    return v2
+
+
 def versions_in_order(samples):
     """The versions served, consecutive repeats folded: ['v2', 'v1'] for one switch."""
     order = []

@@ -58,15 +58,49 @@ volumes:
 """
 
 
-def shop_on_bind_mounts(postgres, app, port):
+# A second PostgreSQL whose data is a bind mount of an absolute path outside the project.
+ARCHIVE_DATABASE = """\
+  archive:
+    image: {postgres}
+    environment:
+      POSTGRES_PASSWORD: ${{DB_PASSWORD}}
+      POSTGRES_DB: archive
+    volumes:
+      - {archive_dir}:/var/lib/postgresql/data
+"""
+
+
+def shop_on_bind_mounts(postgres, app, port, archive_dir=None):
     """The shop with its database on a relative bind mount (./pgdata) and a read-only config mount
-    (./conf): data that is a directory of the project, and a mount that is not data."""
-    return (
+    (./conf): data that is a directory of the project, and a mount that is not data. With
+    `archive_dir`, a second PostgreSQL (service `archive`) keeps its data there."""
+    compose = (
         SHOP_COMPOSE.format(postgres=postgres, app=app, port=port)
         .replace("      - dbdata:/var/lib/postgresql/data\n", "      - ./pgdata:/var/lib/postgresql/data\n")
         .replace("volumes:\n  dbdata:\n", "")
         .replace("    ports:\n", "    volumes:\n      - ./conf:/etc/shop:ro\n    ports:\n")
     )
+    if archive_dir:
+        archive = ARCHIVE_DATABASE.format(postgres=postgres, archive_dir=archive_dir)
+        compose = compose.replace("  app:\n", archive + "  app:\n", 1)
+    return compose
+
+
+def archive_rows(stack):
+    """The rows of the `archive` database (its table made on first use)."""
+    sql = "CREATE TABLE IF NOT EXISTS notes (body text); SELECT count(*) FROM notes;"
+    out = stack.compose("exec", "-T", "archive", "psql", "-U", "postgres", "-d", "archive", "-tAc", sql).stdout
+    return int(out.split()[-1])
+
+
+def add_archive_row(stack, body):
+    sql = "CREATE TABLE IF NOT EXISTS notes (body text); INSERT INTO notes VALUES ('%s');" % body
+    stack.compose("exec", "-T", "archive", "psql", "-U", "postgres", "-d", "archive", "-c", sql)
+
+
+def servers_on(directory):
+    """The running containers that bind-mount a directory (the engine's volume filter matches a bind's source)."""
+    return run(["docker", "ps", "-q", "--filter", "volume=%s" % directory]).stdout.split()
 
 
 # The same shop on MariaDB (the `mariadb` engine of the databases declaration).
