@@ -38,7 +38,6 @@ from ansible_collections.stackops.rollback.plugins.module_utils._docker import S
 from ansible_collections.stackops.rollback.plugins.module_utils._streams import coalesce, prefetched
 from ansible_collections.stackops.rollback.plugins.module_utils._volumes import (
     MOUNT,
-    SYSTEM_PATHS,
     Helper,
     StoppedUsers,
     archive_key,
@@ -47,6 +46,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
     describe_source,
     existing_volume,
     is_path,
+    is_system_path,
     local_mountpoint,
     missing_volume,
     mountpoint_refusal,
@@ -306,7 +306,7 @@ class VolumeBackups:
             path = os.path.normpath(given)
             if not os.path.isabs(path):
                 raise ArchiveError("data_paths: %s is not an absolute path; nothing was changed" % path)
-            if path == "/" or any(within(path, system) for system in SYSTEM_PATHS):
+            if is_system_path(path):
                 raise ArchiveError(
                     "data_paths: %s is a system path, not an application's data; nothing was changed" % path
                 )

@@ -23,7 +23,7 @@ from ansible.module_utils.urls import open_url
 from ansible_collections.stackops.rollback.plugins.module_utils._backup import VolumeBackups
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
 from ansible_collections.stackops.rollback.plugins.module_utils._database import Databases, key_of
-from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL, EngineError
+from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL, EngineError, within
 from ansible_collections.stackops.rollback.plugins.module_utils._dump import DUMP_ENGINES, DatabaseDumps
 from ansible_collections.stackops.rollback.plugins.module_utils._files import atomic_write, read_bytes
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
@@ -81,8 +81,8 @@ def project_file_names(project_src, files=None, env_files=None, environ=None):
 
 def relative_inside(project_src, name):
     """A file's path relative to project_src, or None when it lies outside it."""
-    relative = os.path.relpath(os.path.normpath(os.path.join(project_src, name)), project_src)
-    return None if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+    full, base = os.path.abspath(os.path.join(project_src, name)), os.path.abspath(project_src)
+    return os.path.relpath(full, base) if within(full, base) else None
 
 
 def inside_project(project_src, name, named_by):
@@ -544,7 +544,7 @@ def ensure_images(engine, release, check_mode=False):
     tags and is pulled always (the field guide's `docker compose pull`); an image built on the
     host (no registry digest) cannot be pulled and must still be there.
     """
-    pulled, present, missing, missing_names = [], [], [], []
+    pulled, present, missing = [], [], []
     for name, svc in sorted(release.get("services", {}).items()):
         ref = svc.get("repo_digest") or (None if svc.get("image_id") else svc.get("image"))
         # What the pin will ask the engine for: the digest reference, else the image id.
@@ -553,8 +553,7 @@ def ensure_images(engine, release, check_mode=False):
             present.append(name)
             continue
         if not ref:
-            missing.append("%s (%s)" % (name, svc.get("image_id")))
-            missing_names.append(name)
+            missing.append(name)
             continue
         if not check_mode:
             repo, _sep, digest_or_tag = ref.partition("@")
@@ -573,7 +572,7 @@ def ensure_images(engine, release, check_mode=False):
         contexts = [
             "%s from %s" % (entry["service"], entry["path"])
             for entry in release.get("unrecorded") or []
-            if entry.get("kind") == "build" and entry.get("service") in missing_names
+            if entry.get("kind") == "build" and entry.get("service") in missing
         ]
         raise ReleaseError(
             "images of release %s were built on the host, have no registry digest and are no longer there: %s.%s "
@@ -581,7 +580,7 @@ def ensure_images(engine, release, check_mode=False):
             "their digests are recorded, then run again; nothing was stopped"
             % (
                 release.get("id"),
-                ", ".join(missing),
+                ", ".join("%s (%s)" % (name, release["services"][name].get("image_id")) for name in missing),
                 " A rollback does not build them again (built %s: the sources there are the project's current "
                 "ones, not the release's)." % ", ".join(contexts)
                 if contexts

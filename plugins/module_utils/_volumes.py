@@ -45,6 +45,11 @@ SYSTEM_PATHS = (
 )
 
 
+def is_system_path(path):
+    """A host directory that is the system's (or the root), never an application's data."""
+    return path == "/" or any(within(path, system) for system in SYSTEM_PATHS)
+
+
 def is_path(source):
     """A backup's source is a host directory (a bind mount's) when absolute, else a volume's name:
     a volume's name never starts with '/'."""
@@ -96,7 +101,7 @@ def bind_refusal(source, mount, service, project_dir, declared, dumped_services,
         return ""
     if service in dumped_services:
         return "dumped online with database service %s" % service
-    if source == "/" or any(within(source, path) for path in SYSTEM_PATHS):
+    if is_system_path(source):
         return "a system path"
     if not is_dir(source):
         return "a file or socket, not a directory"
