@@ -11,7 +11,9 @@ Layout under the ledger directory (default /var/lib/stackops-rollback), private 
     projects/<project>/releases/<id>/deploy.json    what its deploy recorded: notes, database schemas
     projects/<project>/restore-points.jsonl         restore points: database volumes backed up before a deploy
     projects/<project>/history.jsonl                one event a line: deploy, rollback, ...
-    projects/<project>/pin.yml                      compose override pinning images by digest
+    projects/<project>/pin.yml                      compose override pinning what the project's files cannot
+    projects/<project>/pinned.json                  files a rollback pinned, by project directory: pinned
+                                                    sha256 -> the release's own content
     projects/<project>/lock                         held by a rollback in progress
     projects/<project>/green-src/, green.json       a blue-green rollback's staged copy (alternate)
     projects/<project>/removed/<time>/              files a rollback took out of the project
@@ -142,8 +144,8 @@ def pin_reference(service):
     return service.get("repo_digest") or service.get("image_id")
 
 
-def pin_document(release, running_refs=None):
-    """A compose override (JSON is valid YAML) that pins every service of a release.
+def pin_document(release, running_refs=None, only=None):
+    """A compose override (JSON is valid YAML) that pins every service of a release (or `only` those).
 
     `running_refs` maps a service to the image reference its running container was started
     with, when that reference resolves to exactly the recorded image: keeping the same string
@@ -152,6 +154,8 @@ def pin_document(release, running_refs=None):
     running_refs = running_refs or {}
     services = {}
     for name, svc in sorted(release.get("services", {}).items()):
+        if only is not None and name not in only:
+            continue
         ref = running_refs.get(name) or pin_reference(svc)
         if ref:
             services[name] = {"image": ref}
@@ -178,6 +182,7 @@ class Ledger:
         self.releases_dir = os.path.join(self.dir, "releases")
         self.history_path = os.path.join(self.dir, "history.jsonl")
         self.pin_path = os.path.join(self.dir, "pin.yml")
+        self.pinned_path = os.path.join(self.dir, "pinned.json")
         self.lock_path = os.path.join(self.dir, "lock")
         self.audit_path = os.path.join(self.root, "audit.log")
         self.stage_dir = os.path.join(self.dir, "green-src")
@@ -303,6 +308,41 @@ class Ledger:
     def write_pin(self, pin):
         self.ensure_dirs()
         atomic_write(self.pin_path, pin.encode(), 0o600)
+
+    def pinned_files(self, project_src):
+        """{path: {pinned sha256: {original, release}}}: each content a rollback wrote with its images
+        pinned into project_src, and the release file it was pinned from."""
+        data = read_bytes(self.pinned_path)
+        try:
+            known = json.loads(data.decode("utf-8")) if data else {}
+        except ValueError as exc:
+            raise LedgerError("the ledger's pinned-files record %s is damaged: %s" % (self.pinned_path, exc)) from exc
+        return known.get(os.path.abspath(project_src), {})
+
+    def add_pinned_files(self, project_src, release_id, pinned):
+        """Remember pinned contents ({path: (pinned sha256, original sha256, kind)}) before they are
+        written: whatever a rollback ever pinned maps back to its release's own file."""
+        data = read_bytes(self.pinned_path)
+        known = json.loads(data.decode("utf-8")) if data else {}
+        here = known.setdefault(os.path.abspath(project_src), {})
+        before = json.dumps(known, sort_keys=True)
+        for path, (pinned_sha, original_sha, kind) in pinned.items():
+            here.setdefault(path, {})[pinned_sha] = {"original": original_sha, "release": release_id, "kind": kind}
+        if json.dumps(known, sort_keys=True) != before:
+            self.ensure_dirs()
+            atomic_write(self.pinned_path, (json.dumps(known, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+
+    def unpinned_content(self, project_src, path, data):
+        """(sha256, content, kind) of the release's own file when `data` is a project file's content a
+        rollback pinned, else None (also when the ledger no longer holds that release)."""
+        known = self.pinned_files(project_src).get(path, {}).get(sha256_bytes(data))
+        if not known:
+            return None
+        try:
+            content = self.file_content(known["release"], path, known["original"])
+            return known["original"], content, known.get("kind")
+        except (OSError, LedgerError):
+            return None
 
     # -- history ---------------------------------------------------------------------------
     def history(self):

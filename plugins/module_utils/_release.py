@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -40,6 +41,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     sha256_bytes,
     utcnow,
 )
+from ansible_collections.stackops.rollback.plugins.module_utils._pin import env_assignments, plan_pins
 
 ENV_REDACTED = "(environment file: content hidden)\n"
 # File kinds of a release: compose files, the env files Compose interpolates from (passed to each
@@ -95,26 +97,6 @@ def inside_project(project_src, name, named_by):
             "recorded or changed" % (named_by, name, project_src)
         )
     return relative
-
-
-# One assignment of an env file as Compose reads it: KEY=value, optionally `export`ed, the value
-# optionally quoted; an unquoted value ends at a ` #` comment.
-_ENV_ASSIGNMENT = re.compile(r"""^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*(.*?)[ \t]*$""")
-
-
-def env_assignments(text):
-    """The variables an env file sets (the last assignment of each wins)."""
-    values = {}
-    for line in text.splitlines():
-        match = _ENV_ASSIGNMENT.match(line)
-        if not match or line.lstrip().startswith("#"):
-            continue
-        key, raw = match.groups()
-        if len(raw) >= 2 and raw[0] in "'\"" and raw[-1] == raw[0]:
-            values[key] = raw[1:-1]
-        else:
-            values[key] = re.split(r"[ \t]+#", raw, maxsplit=1)[0]
-    return values
 
 
 def compose_settings(project_src, env_names, environ=None):
@@ -319,6 +301,12 @@ def capture(engine, params):
     service_envs, unrecorded = service_env_files(compose.source_config(), project_src, compose_files + env_files)
     unrecorded += build_contexts(model, project_src)
     entries, contents = read_project_files(project_src, compose_files, env_files, service_envs)
+    # A file a rollback pinned is its release's own file: the project still runs that release.
+    ledger = Ledger(params.get("ledger_dir"), project)
+    for entry in entries:
+        known = ledger.unpinned_content(project_src, entry["path"], contents[entry["path"]])
+        if known:
+            entry["sha256"], contents[entry["path"]] = known[0], known[1]
     services = deployed_services(engine, project, sorted(model.get("services", {})))
     release = {
         "id": fingerprint(entries, services)[:12],
@@ -363,6 +351,22 @@ def summary(release):
             for name, svc in release.get("services", {}).items()
         },
     }
+
+
+def by_hand_command(params, project, compose_files=None, env_files=()):
+    """The command that runs a restored project by hand in its directory: a plain `docker compose
+    up -d` when the project's files say it all, else with the files, env files and name it needs."""
+    project_src = params["project_src"]
+    argv = ["docker", "compose"]
+    if project != offline_project_name(project_src, params.get("files"), params.get("env_files")):
+        argv += ["--project-name", project]
+    if compose_files or params.get("files"):
+        files = compose_files or [os.path.join(project_src, name) for name in params["files"]]
+        for name in files:
+            argv += ["--file", name]
+    for name in env_files if params.get("env_files") else ():
+        argv += ["--env-file", name]
+    return "cd %s && %s up -d" % (shlex.quote(project_src), " ".join(shlex.quote(arg) for arg in argv))
 
 
 def resolve_target(module, ledger, target, project_src=None, deployed_now=None):
@@ -785,18 +789,37 @@ class Releases:
         return dict(entry, describe="data as of release %s, before the next deploy" % release["id"])
 
     def restored(self):
-        """Put a release's files into the project and pin its images by digest (the ledger's pin file)."""
+        """Put a release's files into the project, its images pinned by digest where the files define
+        them (see _pin.py); what they cannot pin, the ledger's pin file does."""
         project_src = self.params["project_src"]
         ledger = self.ledger()
         release, contents = load_target(self.engine, ledger, self.params.get("release"), self.params)
-        writes, removals, diff = plan_checkout(project_src, release, contents, bool(self.params.get("files")))
         pinned = release.get("source") != "git"
         self.engine.ping()  # an engine that does not answer fails here, before any file is written
-        pin = pin_document(release, equivalent_running_refs(self.engine, ledger.project, release)) if pinned else None
-        changed = bool(writes or removals or (pinned and ledger.pin_differs(pin)))
+        running = equivalent_running_refs(self.engine, ledger.project, release) if pinned else {}
+        # A container that runs the release's image by the release's own reference stays as it is.
+        keep = {name for name, ref in running.items() if ref == release["services"][name].get("image")}
+        plan = plan_pins(release, contents, dict(os.environ), keep) if pinned else None
+        wanted = plan.contents if plan else contents
+        writes, removals, diff = plan_checkout(project_src, release, wanted, bool(self.params.get("files")))
+        leftover = {entry["service"] for entry in plan.not_pinned} if plan else set()
+        pin = pin_document(release, running, only=leftover) if leftover else None
+        changed = bool(writes or removals or (pin and ledger.pin_differs(pin)))
+        # The staging folder of blue_green is never recorded: its pins need no way back.
+        staged = os.path.abspath(project_src) == os.path.abspath(ledger.stage_dir)
         if changed and not self.module.check_mode:
-            apply_checkout(project_src, release, contents, writes, removals, ledger.removed_dir())
-            if pinned:
+            if plan and not staged:  # recorded first: a pinned file found on disk always maps back to the release
+                ledger.add_pinned_files(
+                    project_src,
+                    release["id"],
+                    {
+                        e["path"]: (sha256_bytes(wanted[e["path"]]), e["sha256"], e["kind"])
+                        for e in release["files"]
+                        if e["path"] in plan.pinned_paths(contents)
+                    },
+                )
+            apply_checkout(project_src, release, wanted, writes, removals, ledger.removed_dir())
+            if pin:
                 ledger.write_pin(pin)
         if not pinned:
             self.module.warn(
@@ -805,19 +828,46 @@ class Releases:
                 % release["git"]["ref"]
             )
         compose_files = [os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "compose"]
-        if pinned:
+        env_files = [os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "env"]
+        if pin:
             compose_files.append(ledger.pin_path)
         results = dict(
             changed=changed,
             release_id=release.get("id"),
             release=summary(release),
             compose_files=compose_files,
-            env_files=[os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "env"],
+            env_files=env_files,
             pinned=pinned,
+            pins=plan.pins if plan else [],
+            not_pinned=plan.not_pinned if plan else [],
+            by_hand=by_hand_command(self.params, ledger.project, compose_files if pin else None, env_files),
             written=[e["path"] for e in writes] + ["%s (removed)" % name for name in removals],
         )
         if self.module._diff and changed:
             results["diff"] = diff
+        return results
+
+    def unpinned(self):
+        """Put the release's own content back into each project file a rollback pinned (for a deploy
+        that follows moved tags: its `docker compose pull` then gets what the tags name now)."""
+        project_src = self.params["project_src"]
+        ledger = self.ledger()
+        written, before, after = [], [], []
+        for name in sorted(ledger.pinned_files(project_src)):
+            path = os.path.join(project_src, name)
+            data = read_bytes(path)
+            known = ledger.unpinned_content(project_src, name, data) if data is not None else None
+            if not known:
+                continue
+            written.append(name)
+            hidden = known[2] in ENV_KINDS
+            before.append("# %s\n%s" % (name, ENV_REDACTED if hidden else data.decode("utf-8", "replace")))
+            after.append("# %s\n%s" % (name, ENV_REDACTED if hidden else known[1].decode("utf-8", "replace")))
+            if not self.module.check_mode:
+                atomic_write(path, known[1], os.stat(path).st_mode & 0o7777)
+        results = dict(changed=bool(written), written=written)
+        if self.module._diff and written:
+            results["diff"] = {"before": "".join(before), "after": "".join(after)}
         return results
 
     def pulled(self):

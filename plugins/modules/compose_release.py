@@ -25,9 +25,20 @@ description:
   - The release id is derived from that content, so recording the same deployed state twice is
     not a new release and changes nothing.
   - With O(state=restored), writes the files of a release (from the ledger, or from git for a git ref
-    that was never recorded) into O(project_src), each file atomically, and writes a
-    compose override that pins every service to the image digest it ran with. Mutable tags such as
-    C(latest) cannot bring back the wrong image.
+    that was never recorded) into O(project_src), each file atomically, with every service's image
+    pinned to the digest it ran with where the files define it - for an image C(reg/app:${APP_TAG}),
+    C(APP_TAG=v1@sha256:...) in the env file that sets C(APP_TAG); for a tag written on a compose file's
+    own C(image) line, C(reg/app:latest@sha256:...) on that line - so that a plain C(docker compose up
+    -d), C(pull), C(ps) or C(logs) in the project directory runs the restored release, and a deploy that
+    sets a new tag replaces the pin. A service the files cannot pin (its reference assembled otherwise,
+    its tag variable used for something else too or set in the environment, an image built on the host)
+    is pinned by a compose override in the ledger, listed in RV(not_pinned); RV(by_hand) then names it.
+    A service whose container already runs the release's image by the release's own reference is left as
+    it is. Mutable tags such as C(latest) cannot bring back the wrong image. Recording the project
+    afterwards maps each pinned file back to its release's own content - it still runs that release.
+  - With O(state=unpinned), puts the release's own content back into each project file a rollback
+    pinned, for a deploy that follows moved tags (C(docker compose pull) then gets what the tags name
+    now). A deploy that writes a new tag into the env file needs no such step.
   - With O(state=pulled), makes sure every image of O(release) is on the host. Recorded images are
     pulled by digest when missing, a release read from git is pulled by tag, and an image that was
     built on the host must still be there. Roles call it before anything stops.
@@ -57,7 +68,9 @@ attributes:
       dumps schemas (read-only) but takes no restore point.
   diff_mode:
     support: full
-    details: With O(state=restored), the compose file changes; env files are shown as changed, never their content.
+    details: >-
+      With O(state=restored) and O(state=unpinned), the compose file changes; env files are shown as changed,
+      never their content (RV(pins) says which variable holds a pin).
   idempotent:
     support: full
     details: >-
@@ -73,7 +86,8 @@ options:
     description:
       - V(present) records the deployed release; V(restored) puts the files of O(release) back;
         V(pulled) makes sure the images of O(release) are on the host; V(replaced) recreates
-        O(services) from the project's files now on disk and starts them at once.
+        O(services) from the project's files now on disk and starts them at once; V(unpinned) takes a
+        rollback's digest pins out of the project's files.
       - V(audited) writes one line with O(details) to the host's audit log, and nothing else, so that
         the audit log has every run - C(refused_rollback) for a rollback that failed before its first
         change (a lock held, a schema refused, an image missing, no space), C(failed_rollback) with
@@ -90,7 +104,7 @@ options:
         it with C(docker compose up --wait) (the P(community.docker.docker_compose_v2#module) module)
         to converge and check the rest.
     type: str
-    choices: [present, restored, pulled, replaced, audited]
+    choices: [present, restored, pulled, replaced, audited, unpinned]
     default: present
   services:
     description:
@@ -201,6 +215,15 @@ EXAMPLES = r"""
     project_src: /srv/shop
     files: "{{ shop_restore.compose_files }}"
     pull: missing
+
+- name: Show how to run it by hand (a plain docker compose up -d when the files pin every image)
+  ansible.builtin.debug:
+    msg: "{{ shop_restore.by_hand }}"
+
+- name: In a deploy that follows a moved tag - take a rollback's pins out before pulling
+  stackops.rollback.compose_release:
+    project_src: /srv/shop
+    state: unpinned
 """
 
 RETURN = r"""
@@ -249,7 +272,9 @@ new_release:
   returned: state=present
   type: bool
 compose_files:
-  description: Absolute paths of the compose files to run the restored release with, the pin override last.
+  description:
+    - Absolute paths of the compose files to run the restored release with; the ledger's pin override
+      last when RV(not_pinned) is not empty.
   returned: state=restored
   type: list
   elements: str
@@ -262,9 +287,26 @@ pinned:
   description: Whether every service is pinned to a recorded image (false for a git ref never recorded).
   returned: state=restored
   type: bool
+pins:
+  description: Where each pin was written - file, line, and V(image) for an image line, else the tag's variable.
+  returned: state=restored
+  type: list
+  elements: dict
+  sample: [{services: [app, worker], file: .env, line: 1, how: APP_TAG}]
+not_pinned:
+  description: Services the project's files could not pin, and why; the ledger's pin override holds them.
+  returned: state=restored
+  type: list
+  elements: dict
+  sample: [{service: app, why: "APP_TAG is used for more than this image's tag: pinning it would change that too"}]
+by_hand:
+  description: The command that runs the restored project by hand - C(docker compose up -d) in its directory.
+  returned: state=restored
+  type: str
+  sample: cd /srv/shop && docker compose up -d
 written:
   description: Files written (or that would be written in check mode), relative to O(project_src).
-  returned: state=restored
+  returned: state=restored or state=unpinned
   type: list
   elements: str
 pulled:
@@ -331,7 +373,9 @@ from ansible_collections.stackops.rollback.plugins.module_utils._volumes import 
 
 def main():
     argument_spec = dict(
-        state=dict(type="str", choices=["present", "restored", "pulled", "replaced", "audited"], default="present"),
+        state=dict(
+            type="str", choices=["present", "restored", "pulled", "replaced", "audited", "unpinned"], default="present"
+        ),
         services=dict(type="list", elements="str"),
         first_answer=dict(type="list", elements="str", default=[]),
         first_answer_timeout=dict(type="float", default=60),

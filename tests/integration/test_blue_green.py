@@ -18,7 +18,13 @@ import pytest
 import testbed
 from loadgen import LoadGenerator, summarize
 from proxy import HostCaddy, host_migrates_queued_connections
-from shop import LEDGER, BlueGreenShop, two_releases_with_archive_notes, versions_in_order
+from shop import (
+    LEDGER,
+    BlueGreenShop,
+    rolled_back_over_a_moved_latest_the_project_directory_keeps_v1,
+    two_releases_with_archive_notes,
+    versions_in_order,
+)
 from writer import rows_written_throughout
 
 # Tests that count failed requests under load are marked serial: they run alone (make integration's
@@ -366,6 +372,11 @@ def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
         assert (env.get("GREETING"), env.get("MODE")) == ("hello-v1", "prod-v1"), (attempt, env)
         assert shop.served() == "v1", attempt
         shop.stack.up()
+
+
+@pytest.mark.parametrize("where", ["image", "variable"])
+def test_a_tag_moved_since_brings_back_the_old_image_and_the_project_directory_keeps_it(bg_shop, images, where):
+    rolled_back_over_a_moved_latest_the_project_directory_keeps_v1(bg_shop, images, where, bg_shop.served)
 
 
 @pytest.fixture

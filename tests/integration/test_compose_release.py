@@ -109,9 +109,18 @@ def test_previous_and_restore_put_back_files_and_digests(run_module, app_stack):
         ),
     )
     assert restored["changed"] and restored["pinned"], restored
-    assert (app_stack.dir / ".env").read_text() == "APP_TAG=v1\nAPP_SECRET=hunter2\n"
-    pin = json.loads(Path(restored["compose_files"][-1]).read_text())
-    assert pin["services"]["app"]["image"] == v1_digest(run_module, app_stack, v1)
+    # The digest is pinned where the tag is defined: a plain compose up runs v1, a deploy's new tag replaces it.
+    digest = v1_digest(run_module, app_stack, v1).partition("@")[2]
+    assert (app_stack.dir / ".env").read_text() == "APP_TAG=v1@%s\nAPP_SECRET=hunter2\n" % digest
+    assert restored["pins"] == [{"services": ["app"], "file": ".env", "line": 1, "how": "APP_TAG"}], restored
+    assert restored["not_pinned"] == [] and restored["compose_files"] == [str(app_stack.dir / "compose.yml")]
+    assert restored["by_hand"].startswith("cd %s && docker compose " % app_stack.dir), restored["by_hand"]
+    assert restored["by_hand"].endswith(" up -d"), restored["by_hand"]
+    app_stack.up()
+    testbed.wait_http("http://127.0.0.1:%d/version" % app_stack.port, body_contains="v1")
+    assert app_stack.container_image("app") == "%s:v1@%s" % (testbed.IMAGES["APP_IMAGE"], digest)
+    recorded = record(run_module, app_stack, event="rollback")
+    assert recorded["release_id"] == v1 and not recorded["new_release"], "a pinned file is still release v1's"
     again = run_module(
         "compose_release",
         dict(
@@ -123,6 +132,10 @@ def test_previous_and_restore_put_back_files_and_digests(run_module, app_stack):
         ),
     )
     assert not again["changed"], again
+    unpinned = record(run_module, app_stack, state="unpinned")
+    assert unpinned["changed"] and unpinned["written"] == [".env"], unpinned
+    assert (app_stack.dir / ".env").read_text() == "APP_TAG=v1\nAPP_SECRET=hunter2\n"
+    assert not record(run_module, app_stack, state="unpinned")["changed"]
 
 
 def v1_digest(run_module, stack, release_id):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -198,3 +201,71 @@ def versions_in_order(samples):
         if sample.ok and (not order or order[-1] != sample.body.strip()):
             order.append(sample.body.strip())
     return order
+
+
+@contextlib.contextmanager
+def latest_moved_from_v1_to_v2(shop, images, where):
+    """The shop's app on a `latest` tag of its own repository, deployed and recorded as v1, then
+    `latest` moved to v2 in the registry, pulled, deployed and recorded, as in the operators'
+    reports. `where` the tag is written: "image" (a literal `image: repo:latest` line) or
+    "variable" (`image: repo:${APP_TAG}`, APP_TAG=latest in .env). Yields (repo, v1 id, v2 id)."""
+    repo = "%s/stackops/app-moving-%s" % (images["REGISTRY"], testbed.unique_name("t"))
+    tag = "latest" if where == "image" else "${APP_TAG}"
+    try:
+        testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v1", repo + ":latest"])
+        testbed.run(["docker", "push", "-q", repo + ":latest"])
+        compose = shop.stack.compose_file.read_text().replace(images["APP_IMAGE"] + ":${APP_TAG}", repo + ":" + tag)
+        shop.stack.write(compose)
+        shop.deploy("latest", record=False, expect="v1")
+        v1 = shop.record("v1")
+        testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v2", repo + ":latest"])
+        testbed.run(["docker", "push", "-q", repo + ":latest"])
+        shop.stack.compose("up", "-d", "--pull", "always", "--wait")
+        v2 = shop.record("v2")
+        yield repo, v1, v2
+    finally:
+        subprocess.run(["docker", "rmi", "-f", repo + ":latest"], capture_output=True, check=False)
+
+
+def assert_the_project_directory_runs_v1_until_the_next_deploy(shop, result, repo, where, v2, served):
+    """After a rollback from v2 to v1 on a moved `latest`: the digest is pinned where the tag is
+    written, the report says so and how to run the project by hand; a plain `docker compose pull`
+    and `up -d` in the project directory keep v1 and its env; the next deploy replaces the pin
+    (a new .env; for a literal tag, compose_release state=unpinned before its pull) and is v2 again."""
+    pinned = re.compile(r"%s:latest@sha256:[0-9a-f]{64}" % re.escape(repo))
+    assert pinned.fullmatch(shop.stack.container_image("app")), shop.stack.container_image("app")
+    if where == "image":
+        assert pinned.search(shop.stack.compose_file.read_text()), shop.stack.compose_file.read_text()
+        words = "images pinned by digest in the project files (compose.yml: image)"
+    else:
+        assert re.match(r"APP_TAG=latest@sha256:[0-9a-f]{64}\n", (shop.dir / ".env").read_text())
+        words = "images pinned by digest in the project files (.env: APP_TAG)"
+    assert words in result.stdout, result.stdout[-4000:]
+    assert "by hand: cd %s && docker compose " % shop.dir in result.stdout, result.stdout[-4000:]
+    secret = shop.stack.container_env("app")["APP_SECRET"]
+    for attempt in ("after the rollback", "after a plain docker compose pull and up -d in the project directory"):
+        assert served() == "v1", attempt
+        assert shop.stack.container_env("app")["APP_SECRET"] == secret, attempt
+        shop.stack.compose("pull", "--quiet")
+        shop.stack.up()
+    if where == "image":
+        unpinned = testbed.run_module(
+            "compose_release", dict(project_src=str(shop.dir), project_name=shop.stack.name, state="unpinned")
+        )
+        assert unpinned["written"] == ["compose.yml"], unpinned
+        shop.stack.compose("up", "-d", "--pull", "always", "--wait")
+        testbed.wait_http(shop.url + "/version", body_contains="v2")
+        assert shop.record("v2") == v2, "the deploy after the rollback is release v2 again, its files unpinned"
+    else:
+        assert shop.deploy("latest", expect="v2") == v2, "a deploy writing its .env replaces the pin"
+
+
+def rolled_back_over_a_moved_latest_the_project_directory_keeps_v1(shop, images, where, served):
+    """The whole story for either strategy: v1 then v2 on a moved `latest`, a rollback to v1 that
+    brings v1's image back, and the project directory keeps it until the next deploy."""
+    with latest_moved_from_v1_to_v2(shop, images, where) as (repo, _v1, v2):
+        assert served() == "v2"
+        result = shop.rollback()
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        assert served() == "v1", "the rollback followed the moved tag"
+        assert_the_project_directory_runs_v1_until_the_next_deploy(shop, result, repo, where, v2, served)

@@ -330,6 +330,12 @@ class ComposeStack:
         env = json.loads(run(["docker", "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
         return dict(item.split("=", 1) for item in env)
 
+    def container_image(self, service):
+        """The image reference the service's running container was started with (Config.Image)."""
+        container = self.compose("ps", "--quiet", service).stdout.strip()
+        assert container, "service %s of %s runs no container" % (service, self.name)
+        return run(["docker", "inspect", "--format", "{{.Config.Image}}", container]).stdout.strip()
+
     def volume(self, name):
         return "%s_%s" % (self.name, name)
 

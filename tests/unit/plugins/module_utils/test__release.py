@@ -3,6 +3,9 @@ image choice. The ledger is a real one in a temporary folder; git answers come f
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _release
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import Ledger, LedgerError, sha256_bytes
@@ -433,3 +436,40 @@ def test_build_contexts_are_named_as_not_recorded():
         ("worker", "/srv/tools", "build"),
     ]
     assert "by its digest" in found[0]["why"]
+
+
+def test_a_pinned_file_maps_back_to_its_release_s_own_content(ledger, tmp_path):
+    project = tmp_path / "project"
+    original = ledger.file_content("111111111111", "compose.yml")
+    pinned = original.replace(b"app:v1", b"app:v1@sha256:" + b"a" * 64)
+    shas = (sha256_bytes(pinned), sha256_bytes(original), "compose")
+    ledger.add_pinned_files(str(project), "111111111111", {"compose.yml": shas})
+    assert ledger.unpinned_content(str(project), "compose.yml", pinned) == (sha256_bytes(original), original, "compose")
+    assert ledger.unpinned_content(str(project), "compose.yml", original) is None, "an unpinned file is itself"
+    assert ledger.unpinned_content(str(tmp_path / "elsewhere"), "compose.yml", pinned) is None, "per project directory"
+    assert stat.S_IMODE(os.stat(ledger.pinned_path).st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "params, project, compose_files, expected",
+    [
+        ({}, "shop", None, "cd {src} && docker compose up -d"),
+        ({}, "other", None, "cd {src} && docker compose --project-name other up -d"),
+        ({"files": ["a.yml"]}, "shop", None, "cd {src} && docker compose --file {src}/a.yml up -d"),
+        (
+            {},
+            "shop",
+            ["{src}/compose.yml", "/l/pin.yml"],
+            "cd {src} && docker compose --file {src}/compose.yml --file /l/pin.yml up -d",
+        ),
+        ({"env_files": ["prod.env"]}, "shop", None, "cd {src} && docker compose --env-file {src}/prod.env up -d"),
+    ],
+)
+def test_by_hand_is_plain_unless_the_project_needs_more(tmp_path, params, project, compose_files, expected):
+    src = tmp_path / "shop"
+    src.mkdir()
+    (src / "compose.yml").write_text("services: {}\n")
+    files = [name.format(src=src) for name in compose_files] if compose_files else None
+    env_files = [str(src / name) for name in params.get("env_files", [])]
+    command = _release.by_hand_command(dict(params, project_src=str(src)), project, files, env_files)
+    assert command == expected.format(src=src)
