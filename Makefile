@@ -72,7 +72,7 @@ ansible-lint:
 	$(BIN)/ansible-lint --profile production --offline --strict
 
 sanity:
-	@scripts/ansible-test-sanity $${TMPDIR:-/tmp}/stackops-rollback-sanity
+	@scripts/ansible-test-sanity $${TMPDIR:-/tmp}
 
 build:
 	@rm -rf $(BUILD)/dist && mkdir -p $(BUILD)/dist

@@ -152,13 +152,22 @@ def published_ports(containers):
     return ports
 
 
-def alternate_ports(model, services, offset=None, port_map=None, is_free=port_is_free):
-    """Map each published port of the duplicable services to its alternate; check they are free."""
+# Where a taken or out-of-range offset port looks for a free one instead: above the well-known ports.
+FREE_PORT_RANGE = (1024, 65535)
+FREE_PORT_ATTEMPTS = 2000
+
+
+def alternate_ports(model, services, offset=None, port_map=None, is_free=port_is_free, address="127.0.0.1"):
+    """Map each published port of the duplicable services to its alternate, on `address` (None keeps
+    each port's own host address). A port_map entry is the operator's: it must be free. An offset
+    port that is taken or out of range is replaced by a free one (`chosen`), which the plan names."""
     port_map = {int(k): int(v) for k, v in (port_map or {}).items()}
     mapping = []
     for name in services:
         for binding in port_bindings(model["services"][name]):
+            host_ip = binding["host_ip"] if address is None else address
             alt = port_map.get(binding["published"])
+            chosen = False
             if alt is None:
                 if offset is None:
                     raise AlternateError(
@@ -166,24 +175,52 @@ def alternate_ports(model, services, offset=None, port_map=None, is_free=port_is
                         % (name, binding["published"])
                     )
                 alt = binding["published"] + offset
-            if not 0 < alt < 65536:
+                taken = [m["alternate"] for m in mapping] + list(port_map.values())
+                if not _usable(alt, binding["protocol"], host_ip, taken, is_free):
+                    # The next free port after it; past the range, after the primary's own port.
+                    start = alt if alt <= FREE_PORT_RANGE[1] else binding["published"]
+                    alt, chosen = _free_port(start, binding["protocol"], host_ip, taken, is_free, name), True
+            elif not 0 < alt < 65536:
                 raise AlternateError("alternate port %d for %s is out of range" % (alt, name))
-            mapping.append(dict(binding, service=name, alternate=alt))
+            mapping.append(dict(binding, service=name, alternate=alt, alternate_ip=host_ip, chosen=chosen))
     used = [m["alternate"] for m in mapping]
     duplicates = sorted({p for p in used if used.count(p) > 1})
     if duplicates:
         raise AlternateError("alternate port(s) %s given twice" % ", ".join(map(str, duplicates)))
-    busy = [m for m in mapping if m["protocol"] == "tcp" and not is_free(m["alternate"], m["host_ip"])]
+    busy = [
+        m
+        for m in mapping
+        if not m["chosen"] and m["protocol"] == "tcp" and not is_free(m["alternate"], m["alternate_ip"])
+    ]
     if busy:
         raise AlternateError(
             "alternate port(s) already in use on the host: %s; free them or choose other ones"
             % ", ".join(
                 "%s%d (for %s:%d)"
-                % (m["host_ip"] + ":" if m["host_ip"] else "", m["alternate"], m["service"], m["target"])
+                % (m["alternate_ip"] + ":" if m["alternate_ip"] else "", m["alternate"], m["service"], m["target"])
                 for m in busy
             )
         )
     return mapping
+
+
+def _usable(port, protocol, host_ip, taken, is_free):
+    low, high = FREE_PORT_RANGE
+    return low <= port <= high and port not in taken and (protocol != "tcp" or is_free(port, host_ip))
+
+
+def _free_port(wanted, protocol, host_ip, taken, is_free, service):
+    """The first usable port after `wanted` (wrapping inside FREE_PORT_RANGE), bounded in attempts."""
+    low, high = FREE_PORT_RANGE
+    start = min(max(wanted, low), high)
+    for step in range(1, FREE_PORT_ATTEMPTS + 1):
+        port = low + (start - low + step) % (high - low + 1)
+        if _usable(port, protocol, host_ip, taken, is_free):
+            return port
+    raise AlternateError(
+        "no free alternate port for %s near %d (%d tried on %s); free some or set a port map"
+        % (service, wanted, FREE_PORT_ATTEMPTS, host_ip or "every interface")
+    )
 
 
 def alternate_model(model, primary_project, alternate_project, services, mapping):
@@ -213,6 +250,10 @@ def alternate_model(model, primary_project, alternate_project, services, mapping
             )
             if moved:
                 port = dict(port, published=str(moved["alternate"]))
+                if moved["alternate_ip"]:
+                    port["host_ip"] = moved["alternate_ip"]
+                else:
+                    port.pop("host_ip", None)
             ports.append(port)
         if ports:
             svc["ports"] = ports
@@ -265,6 +306,7 @@ class AlternateRenderer:
             p["port_offset"],
             p["port_map"],
             is_free=lambda port, host_ip="": port in own or port_is_free(port, host_ip),
+            address=p["alternate_address"] or None,
         )
         content = (
             json.dumps(alternate_model(model, p["project_name"], name, services, mapping), indent=2, sort_keys=True)

@@ -56,10 +56,10 @@ ROLLBACK_EVENTS = ("rollback",)
 DEPLOY_EVENTS = ("deploy",)
 # Seconds a lock stays its run's without news (each update renews it), when the run names none.
 DEFAULT_LEASE = 600
-# Events that change what a project runs for good. A failed rollback (put back or not) is
-# recorded for the audit but never becomes `current` or `previous`.
+# Events that change what a project runs for good. A failed rollback (put back or not) and a
+# failed deploy (rolled back by its rescue) are recorded but never become `current` or `previous`.
 SETTLED_EVENTS = DEPLOY_EVENTS + ROLLBACK_EVENTS
-FAILED_EVENTS = ("failed_rollback",)
+FAILED_EVENTS = ("failed_rollback", "failed_deploy")
 
 
 # The options of a module that renews this run's lease on the project lock while it works
@@ -301,10 +301,6 @@ class Ledger:
         """A new folder for files a rollback takes out of the project directory."""
         return os.path.join(self.dir, "removed", utcnow().replace(":", ""))
 
-    def pin_differs(self, pin):
-        """Whether the pin file would change when written with this text."""
-        return read_bytes(self.pin_path) != pin.encode()
-
     def write_pin(self, pin):
         self.ensure_dirs()
         atomic_write(self.pin_path, pin.encode(), 0o600)
@@ -376,9 +372,21 @@ class Ledger:
         """The deploys and rollbacks, oldest first: the events that decide `current` and `previous`."""
         return [e for e in self.history() if e.get("event") in SETTLED_EVENTS]
 
-    def failed_history(self):
-        """The failed rollbacks, oldest first; each records what ran once it had failed."""
-        return [e for e in self.history() if e.get("event") in FAILED_EVENTS]
+    def failed_history(self, kind=None):
+        """The failed rollbacks and deploys (or those of one `kind`), oldest first; a failed rollback
+        records what ran once it had failed, a failed deploy the release that failed."""
+        return [e for e in self.history() if e.get("event") in ((kind,) if kind else FAILED_EVENTS)]
+
+    def left_by_failure(self, release_id, kinds=FAILED_EVENTS):
+        """Whether release_id is what a failed deploy or rollback (of `kinds`) left since the last
+        deploy or rollback."""
+        left = set()
+        for event in self.history():
+            if event.get("event") in SETTLED_EVENTS:
+                left = set()
+            elif event.get("event") in kinds:
+                left.add(event.get("release"))
+        return release_id in left
 
     def current_id(self):
         """The release of the latest deploy or rollback (a failed rollback never counts)."""
@@ -394,17 +402,10 @@ class Ledger:
         without being recorded, and counts as the most recent deploy.
         """
         deployed = []
-        history = self.history()
-        events = [e for e in history if e.get("event") in SETTLED_EVENTS]
-        # What a failed rollback left running (since the last deploy or rollback) was no deploy.
-        left_by_failures = set()
-        for event in history:
-            if event.get("event") in SETTLED_EVENTS:
-                left_by_failures = set()
-            elif event.get("event") in FAILED_EVENTS:
-                left_by_failures.add(event.get("release"))
+        events = self.settled_history()
         unrecorded = deployed_now and (not events or events[-1]["release"] != deployed_now)
-        if unrecorded and deployed_now not in left_by_failures:
+        # What a failed deploy or rollback left running (since the last deploy or rollback) was no deploy.
+        if unrecorded and not self.left_by_failure(deployed_now):
             events.append({"event": "deploy", "release": deployed_now})
         for event in events:
             if event.get("event") in DEPLOY_EVENTS and (not deployed or deployed[-1] != event["release"]):

@@ -44,6 +44,8 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
 from ansible_collections.stackops.rollback.plugins.module_utils._pin import env_assignments, plan_pins
 
 ENV_REDACTED = "(environment file: content hidden)\n"
+# The pin override of a staging copy (state=restored with staging), inside the copy.
+STAGED_PIN_FILE = ".stackops-pin.yml"
 # File kinds of a release: compose files, the env files Compose interpolates from (passed to each
 # compose call), and the services' own `env_file:` files. Both env kinds hold secrets.
 ENV_KINDS = ("env", "service_env")
@@ -679,6 +681,13 @@ class Releases:
         ledger = self.ledger(release["project"])
         is_new = not ledger.has_release(release["id"])
         event = self.params["event"]
+        if event == "deploy" and ledger.left_by_failure(release["id"], ("failed_deploy",)):
+            # A rollback's backup step records what runs as a deploy; a deploy recorded as failed
+            # (its rescue rolls it back) stays failed and never becomes current or previous.
+            stored = ledger.get(release["id"]) if not is_new else release
+            return dict(
+                changed=False, release_id=release["id"], release=summary(stored), new_release=False, failed_deploy=True
+            )
         unchanged = ledger.current_id() == release["id"] and event == "deploy"
         changed = is_new or not unchanged
         if changed and not self.module.check_mode:
@@ -804,11 +813,13 @@ class Releases:
         writes, removals, diff = plan_checkout(project_src, release, wanted, bool(self.params.get("files")))
         leftover = {entry["service"] for entry in plan.not_pinned} if plan else set()
         pin = pin_document(release, running, only=leftover) if leftover else None
-        changed = bool(writes or removals or (pin and ledger.pin_differs(pin)))
-        # The staging folder of blue_green is never recorded: its pins need no way back.
-        staged = os.path.abspath(project_src) == os.path.abspath(ledger.stage_dir)
+        # A staging copy (blue_green's green) keeps its pin override to itself and is never
+        # recorded: nothing of it goes into the ledger.
+        staging = self.params.get("staging")
+        pin_path = os.path.join(project_src, STAGED_PIN_FILE) if staging else ledger.pin_path
+        changed = bool(writes or removals or (pin and read_bytes(pin_path) != pin.encode()))
         if changed and not self.module.check_mode:
-            if plan and not staged:  # recorded first: a pinned file found on disk always maps back to the release
+            if plan and not staging:  # recorded first: a pinned file found on disk always maps back to the release
                 ledger.add_pinned_files(
                     project_src,
                     release["id"],
@@ -819,7 +830,9 @@ class Releases:
                     },
                 )
             apply_checkout(project_src, release, wanted, writes, removals, ledger.removed_dir())
-            if pin:
+            if pin and staging:
+                atomic_write(pin_path, pin.encode(), 0o600)
+            elif pin:
                 ledger.write_pin(pin)
         if not pinned:
             self.module.warn(
@@ -830,7 +843,7 @@ class Releases:
         compose_files = [os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "compose"]
         env_files = [os.path.join(project_src, e["path"]) for e in release["files"] if e["kind"] == "env"]
         if pin:
-            compose_files.append(ledger.pin_path)
+            compose_files.append(pin_path)
         results = dict(
             changed=changed,
             release_id=release.get("id"),

@@ -31,6 +31,8 @@ author:
 extends_documentation_fragment:
   - stackops.rollback.attributes
   - stackops.rollback.docker
+  - stackops.rollback.ledger
+  - stackops.rollback.ledger.lease
 attributes:
   check_mode:
     support: full
@@ -41,6 +43,14 @@ attributes:
   idempotent:
     support: full
 options:
+  drain_seconds:
+    description:
+      - After the switch, wait this long (fractions of a second count) before returning, so that the
+        requests in flight on the side the traffic left finish before anything stops it. Measured on the
+        managed host and returned in RV(drained_seconds); with O(renew_lock) the lock's lease is kept
+        meanwhile. Not in check mode.
+    type: float
+    default: 0
   caddyfile:
     description:
       - Path of the Caddyfile on the managed host.
@@ -137,6 +147,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+drained_seconds:
+  description: How long the drain after the switch took, measured on the managed host.
+  returned: when O(drain_seconds) is above 0, not in check mode
+  type: float
+  sample: 0.5
 previous_upstreams:
   description: The upstreams the directive named before (what to pass to switch back).
   returned: always
@@ -188,13 +203,28 @@ switched_at:
   sample: 1764633601.312
 """
 
+import time
+
 from ansible_collections.stackops.rollback.plugins.module_utils._caddy import CaddyError, SwitchFailed, UpstreamSwitch
 from ansible_collections.stackops.rollback.plugins.module_utils._caddyfile import CaddyfileError
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import LEASE_ARGS, run_keeping_lease
+
+
+def switch_and_drain(module, engine):
+    """The switch, then the drain: requests in flight on the side left finish before it stops."""
+    result = UpstreamSwitch(module, engine).run()
+    drain = module.params["drain_seconds"]
+    if drain > 0 and not module.check_mode:
+        started = time.monotonic()
+        time.sleep(drain)
+        result["drained_seconds"] = round(time.monotonic() - started, 3)
+    return result
 
 
 def main():
     argument_spec = dict(
+        drain_seconds=dict(type="float", default=0),
         caddyfile=dict(type="path", required=True),
         site=dict(type="str", required=True),
         match=dict(type="str"),
@@ -206,9 +236,13 @@ def main():
         reload_timeout=dict(type="int", default=30),
         backup=dict(type="bool", default=True),
     )
+    argument_spec.update(LEASE_ARGS)
     module, engine = docker_module(argument_spec)
+    if module.params["drain_seconds"] < 0:
+        drain = module.params["drain_seconds"]
+        module.fail_json(msg="drain_seconds is %s: give 0 or more seconds; nothing was changed" % drain)
     try:
-        result = UpstreamSwitch(module, engine).run()
+        result = run_keeping_lease(module, lambda: switch_and_drain(module, engine))
     except SwitchFailed as exc:
         module.fail_json(msg=str(exc), **exc.result)
     except (CaddyfileError, CaddyError, EngineError) as exc:

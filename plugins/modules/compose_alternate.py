@@ -18,8 +18,10 @@ description:
     primary project's networks and reach them by name.
   - Starting a second copy of a service that mounts a named volume is refused, as is a service with a
     fixed C(container_name), or a single service whose image the target release changes.
-  - Published ports of the copies move by O(port_offset) or O(port_map); the alternate ports must be
-    free on the host, or published by the copy itself (a run that resumes a dead one).
+  - Published ports of the copies move by O(port_offset) or O(port_map), onto O(alternate_address)
+    (V(127.0.0.1) by default - the copy is for the proxy, not the world). A port of O(port_map) must be
+    free on the host, or published by the copy itself (a run that resumes a dead one); an offset port
+    that is taken or out of range is replaced by a free one, returned with C(chosen=true).
   - The written file holds the resolved configuration, environment included, and is made 0600.
 author:
   - stackops.rollback developers (@stackops)
@@ -87,6 +89,12 @@ options:
     description:
       - "Alternate port for a published port, overriding O(port_offset) (for example V({8080: 18080}))."
     type: dict
+  alternate_address:
+    description:
+      - Host address the copies publish their ports on. An empty string keeps each port's own address
+        (a port published on every interface stays so).
+    type: str
+    default: 127.0.0.1
   keep_single_images:
     description:
       - Images the single services run now (service name to image reference). A single service whose
@@ -156,7 +164,10 @@ single:
   type: list
   elements: str
 ports:
-  description: Each moved port - C(service), C(target) (container port), C(published) (primary), C(alternate).
+  description:
+    - Each moved port - C(service), C(target) (container port), C(published) (primary), C(alternate),
+      C(alternate_ip) (its host address), C(chosen) (true when a free port replaced a taken or
+      out-of-range offset port).
   returned: success
   type: list
   elements: dict
@@ -177,6 +188,7 @@ def main():
         services=dict(type="list", elements="str"),
         port_offset=dict(type="int", default=10000),
         port_map=dict(type="dict"),
+        alternate_address=dict(type="str", default="127.0.0.1"),
         keep_single_images=dict(type="dict"),
         proxy_service=dict(type="str"),
         proxy_port=dict(type="int"),

@@ -133,12 +133,16 @@ options:
   event:
     description:
       - What the recorded state is the result of, for O(state=present).
-      - V(rollback) and V(failed_rollback) events also go to the host's audit log.
+      - V(rollback), V(failed_rollback) and V(failed_deploy) events also go to the host's audit log.
       - V(failed_rollback) records what runs once a rollback has failed, put back or not. It never becomes
         the current or the previous release; M(stackops.rollback.compose_release_info) lists these events
         apart.
+      - V(failed_deploy) records a release whose deploy failed (a deploy playbook's rescue, before it
+        rolls back). It never becomes the current or the previous release, and a later O(event=deploy)
+        of it before the next deploy or rollback (the rollback roles record what runs first) changes
+        nothing and returns RV(failed_deploy).
     type: str
-    choices: [deploy, rollback, failed_rollback]
+    choices: [deploy, rollback, failed_rollback, failed_deploy]
     default: deploy
   details:
     description:
@@ -153,6 +157,14 @@ options:
     description:
       - For O(state=restored) and O(state=pulled), the release - V(previous), V(current), a release id, or a git ref.
     type: str
+  staging:
+    description:
+      - For O(state=restored), O(project_src) is a staging copy of the project (blue_green's green), not
+        the project directory - nothing is recorded in the ledger (no pinned files to map back) and the
+        compose override for what the files cannot pin is written inside the copy, never over the
+        project's own in the ledger.
+    type: bool
+    default: false
   notes:
     description:
       - For O(state=present) with O(event=deploy), free text stored with the release - the field guide's
@@ -271,6 +283,10 @@ new_release:
   description: Whether this recording added a release to the ledger (not only an event).
   returned: state=present
   type: bool
+failed_deploy:
+  description: The release is what a failed deploy left running; O(event=deploy) did not record it.
+  returned: state=present with event=deploy, when the release's deploy was recorded as failed
+  type: bool
 compose_files:
   description:
     - Absolute paths of the compose files to run the restored release with; the ledger's pin override
@@ -380,10 +396,11 @@ def main():
         first_answer=dict(type="list", elements="str", default=[]),
         first_answer_timeout=dict(type="float", default=60),
         version=dict(type="str"),
-        event=dict(type="str", choices=["deploy", "rollback", "failed_rollback"], default="deploy"),
+        event=dict(type="str", choices=["deploy", "rollback", "failed_rollback", "failed_deploy"], default="deploy"),
         details=dict(type="dict"),
         git_commit=dict(type="str"),
         release=dict(type="str"),
+        staging=dict(type="bool", default=False),
         databases=DATABASES_ARG,
         notes=dict(type="str"),
         restore_point=dict(type="bool", default=False),

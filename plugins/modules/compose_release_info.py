@@ -97,6 +97,7 @@ current:
   description:
     - The release of the most recent deploy or rollback, or V(null).
     - A failed rollback never becomes current, whatever ran once it had failed; see RV(failed_rollbacks).
+      Nor does a failed deploy; see RV(failed_deploys).
   returned: success
   type: dict
 previous:
@@ -115,6 +116,13 @@ failed_rollbacks:
     - The failed rollbacks, oldest first, apart from the deploys and rollbacks that decide
       RV(current) and RV(previous). C(release) is what ran once the attempt had failed (the
       release put back, or what a failed revert left); C(details) says what happened.
+  returned: success
+  type: list
+  elements: dict
+failed_deploys:
+  description:
+    - The failed deploys, oldest first (a deploy playbook's rescue records them before it rolls back);
+      C(release) is the release whose deploy failed. None of them becomes RV(current) or RV(previous).
   returned: success
   type: list
   elements: dict
@@ -198,7 +206,8 @@ def releases_info(module, engine):
         "current": summary(by_id.get(current_id)),
         "previous": summary(by_id.get(previous_id)),
         "history": ledger.history(),
-        "failed_rollbacks": ledger.failed_history(),
+        "failed_rollbacks": ledger.failed_history("failed_rollback"),
+        "failed_deploys": ledger.failed_history("failed_deploy"),
         "lock": ledger.lock_holder(),
     }
     deployed_id = None

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import testbed
@@ -21,6 +25,7 @@ from proxy import HostCaddy, host_migrates_queued_connections
 from shop import (
     LEDGER,
     BlueGreenShop,
+    host_state,
     rolled_back_over_a_moved_latest_the_project_directory_keeps_v1,
     two_releases_with_archive_notes,
     versions_in_order,
@@ -348,13 +353,14 @@ def test_second_copy_of_a_service_with_a_volume_is_refused_and_nothing_changes(b
     assert refused["event"] == "refused_rollback" and volume in refused["details"]["reason"], refused
 
 
-def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
-    """COMPOSE_FILE in .env adds a production overlay (an environment value per release), and the app
-    reads a service env_file whose content changes between releases: green is started from both, and
-    after the rollback the project directory runs v1 with v1's files, even for a plain compose up."""
+def test_the_whole_project_is_rolled_back_env_file_overlay_and_profile(bg_shop):
+    """COMPOSE_FILE in .env adds a production overlay (an environment value per release, the app in a
+    profile that COMPOSE_PROFILES enables), and the app reads a service env_file whose content changes
+    between releases: green is started from them all, and after the rollback the project directory
+    runs v1 with v1's files, even for a plain compose up."""
     shop = bg_shop
-    settings = {"COMPOSE_FILE": "compose.yml:compose.prod.yml"}
-    overlay = "services:\n  app:\n    environment:\n      MODE: prod-%s\n"
+    settings = {"COMPOSE_FILE": "compose.yml:compose.prod.yml", "COMPOSE_PROFILES": "web"}
+    overlay = "services:\n  app:\n    profiles: [web]\n    environment:\n      MODE: prod-%s\n"
     releases = {}
     for tag in ("v1", "v2"):
         (shop.dir / "compose.prod.yml").write_text(overlay % tag)
@@ -372,6 +378,23 @@ def test_the_whole_project_is_rolled_back_env_file_and_overlay(bg_shop):
         assert (env.get("GREETING"), env.get("MODE")) == ("hello-v1", "prod-v1"), (attempt, env)
         assert shop.served() == "v1", attempt
         shop.stack.up()
+
+
+def test_check_mode_prints_the_plan_and_changes_nothing_anywhere(bg_shop):
+    """--check --diff renders green for real (in a temporary folder) and prints the plan; the ledger,
+    the project directory, Caddy's file and every container of the project are as they were."""
+    shop = bg_shop
+    v1 = shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    plans = set(Path(tempfile.gettempdir()).glob("stackops-green-plan-*"))
+    before = host_state(shop)
+    result = shop.rollback(check=True, diff=True)
+    assert_ok(result)
+    assert "from release %s (v2)" % v2 in result.stdout and "to   release %s (v1)" % v1 in result.stdout
+    assert re.search(r"green copies: app on ports 127\.0\.0\.1:\d+; single: db", result.stdout), result.stdout[-4000:]
+    assert host_state(shop) == before, "check mode changed the ledger, the project directory, Caddy or a container"
+    assert set(Path(tempfile.gettempdir()).glob("stackops-green-plan-*")) == plans, "the plan's folder was left"
+    assert shop.served() == "v2"
 
 
 @pytest.mark.parametrize("where", ["image", "variable"])
@@ -420,3 +443,45 @@ def test_a_database_on_a_bind_mount_stays_single_and_green_runs_on_the_project_s
     assert sorted(green["services"]) == ["app"], green["services"].keys()
     mounts = {m["target"]: m["source"] for m in green["services"]["app"]["volumes"]}
     assert mounts == {"/etc/shop": conf}, mounts
+
+
+def test_green_listens_on_127_0_0_1_and_a_taken_offset_port_is_replaced_by_a_free_one(
+    compose_stack, images, free_port, tmp_path
+):
+    """The primary publishes on every interface; green, rendered by compose_alternate and started,
+    publishes on 127.0.0.1 only, and on a free port when the offset one is taken."""
+    port = free_port()
+    stack = compose_stack(
+        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port).replace(
+            '"127.0.0.1:%d:8080"' % port, '"%d:8080"' % port
+        ),
+        {".env": "APP_TAG=v1\nDB_PASSWORD=pw-shop\nAPP_SECRET=s\n"},
+    )
+    stack.up()
+    offset = free_port() - port
+    with socket.socket() as taken:  # something already listens on the offset port
+        taken.bind(("127.0.0.1", port + offset))
+        taken.listen()
+        rendered = testbed.run_module(
+            "compose_alternate",
+            dict(
+                project_src=str(stack.dir),
+                project_name=stack.name,
+                alternate_name=stack.name + "-green",
+                services=["app"],
+                port_offset=offset,
+                dest=str(tmp_path / "green.json"),
+            ),
+        )
+        assert not rendered.get("failed"), rendered
+        (moved,) = rendered["ports"]
+        assert moved["chosen"] and moved["alternate"] != port + offset, moved
+        assert moved["alternate_ip"] == "127.0.0.1", moved
+        green = ["docker", "compose", "-p", stack.name + "-green", "-f", str(tmp_path / "green.json")]
+        try:
+            testbed.run([*green, "up", "-d", "--wait"], timeout=180)
+            published = testbed.run([*green, "port", "app", "8080"]).stdout.strip()
+            assert published == "127.0.0.1:%d" % moved["alternate"], published
+            testbed.wait_http("http://127.0.0.1:%d/version" % moved["alternate"], body_contains="v1")
+        finally:
+            testbed.run([*green, "down", "--timeout", "5"], check=False)

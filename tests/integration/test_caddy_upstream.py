@@ -148,6 +148,21 @@ def test_switch_reports_previous_upstreams_diff_and_is_idempotent(caddy_containe
     assert not again["changed"] and not again["reloaded"] and not again["written"], again
 
 
+@pytest.mark.parametrize("drain", [0.5, 1.25])
+def test_a_drain_takes_its_fraction_of_a_second_after_the_switch(caddy_container, drain):
+    proxy = caddy_container
+    result = proxy.switch(["green:8080"], drain_seconds=drain)
+    assert result["changed"] and proxy.served() == "v2", result
+    assert drain <= result["drained_seconds"] <= drain + 0.2, result["drained_seconds"]
+    checked = testbed.run_module(
+        "caddy_upstream", dict(proxy.module_args, upstreams=["blue:8080"], drain_seconds=drain), check=True
+    )
+    assert "drained_seconds" not in checked, "check mode drains nothing"
+    refused = proxy.switch(["blue:8080"], drain_seconds=-1)
+    assert refused["failed"] and "give 0 or more seconds; nothing was changed" in refused["msg"], refused
+    assert proxy.served() == "v2"
+
+
 @pytest.mark.serial
 def test_reports_whether_a_reload_keeps_queued_connections(caddy_container, caddy_resetting_reloads):
     kept = caddy_container.switch(["green:8080"])

@@ -19,6 +19,7 @@ import testbed
 from shop import (
     LEDGER,
     RecreateShop,
+    host_state,
     rolled_back_over_a_moved_latest_the_project_directory_keeps_v1,
     two_releases_with_archive_notes,
 )
@@ -553,6 +554,7 @@ def test_check_mode_prints_the_plan_and_changes_nothing(shop):
     v2 = shop.deploy("v2")
     env_before = (shop.dir / ".env").read_text()
     history_before = shop.info()["history"]
+    before = host_state(shop)
     result = shop.rollback(check=True, diff=True)
     assert_ok(result)
     assert "from release %s (v2)" % v2 in result.stdout
@@ -565,6 +567,7 @@ def test_check_mode_prints_the_plan_and_changes_nothing(shop):
     assert (shop.dir / ".env").read_text() == env_before
     assert shop.info()["history"] == history_before
     assert not shop.backups.exists() or not any(shop.backups.iterdir())
+    assert host_state(shop) == before, "check mode changed the ledger, the project directory or a container"
 
 
 def test_deploy_example_rolls_back_by_itself_when_the_new_version_fails(shop):
@@ -573,12 +576,23 @@ def test_deploy_example_rolls_back_by_itself_when_the_new_version_fails(shop):
     first = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="v1"), inventory=str(shop.inventory))
     assert_ok(first)
     shop.write("kept")
+    second = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="v2"), inventory=str(shop.inventory))
+    assert_ok(second)
+    v2 = shop.info()["current"]["id"]
     broken = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="broken"), inventory=str(shop.inventory))
     assert broken.returncode != 0
     assert "broken did not pass its health check" in broken.stdout
-    assert "the shop was rolled back to release" in broken.stdout
-    assert shop.version() == "v1"
+    assert "the shop was rolled back to release %s" % v2 in broken.stdout, broken.stdout[-4000:]
+    assert shop.version() == "v2"
     assert shop.rows() == ["kept"]
+    # Recorded as a failed deploy, the broken release never becomes previous: after the next good
+    # deploy, previous is v2.
+    failed = shop.info()["failed_deploys"]
+    assert [e["version"] for e in failed] == ["broken"], failed
+    third = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="v3"), inventory=str(shop.inventory))
+    assert_ok(third)
+    listing = shop.info()
+    assert listing["previous"]["id"] == v2 and listing["current"]["version"] == "v3", listing
 
 
 def test_fleet_goes_one_host_at_a_time_and_stops_at_the_first_failure(compose_stack, images, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import subprocess
@@ -209,7 +210,7 @@ def latest_moved_from_v1_to_v2(shop, images, where):
     `latest` moved to v2 in the registry, pulled, deployed and recorded, as in the operators'
     reports. `where` the tag is written: "image" (a literal `image: repo:latest` line) or
     "variable" (`image: repo:${APP_TAG}`, APP_TAG=latest in .env). Yields (repo, v1 id, v2 id)."""
-    repo = "%s/stackops/app-moving-%s" % (images["REGISTRY"], testbed.unique_name("t"))
+    repo = "%s/stackops/app-mutable-%s" % (images["REGISTRY"], testbed.unique_name("t"))
     tag = "latest" if where == "image" else "${APP_TAG}"
     try:
         testbed.run(["docker", "tag", images["APP_IMAGE"] + ":v1", repo + ":latest"])
@@ -269,3 +270,22 @@ def rolled_back_over_a_moved_latest_the_project_directory_keeps_v1(shop, images,
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
         assert served() == "v1", "the rollback followed the moved tag"
         assert_the_project_directory_runs_v1_until_the_next_deploy(shop, result, repo, where, v2, served)
+
+
+def host_state(shop):
+    """What a check-mode run must leave exactly as it was: every path under the project's ledger
+    folder and the project directory (mode, and content hash for files), Caddy's file, and the
+    project's containers (green's included: their names start with the project's) id for id."""
+    state = {}
+    for root in (LEDGER / "projects" / shop.stack.name, shop.dir):
+        for path in sorted(root.rglob("*")):
+            info = path.lstat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            state[str(path)] = (oct(info.st_mode), digest)
+    caddy = getattr(shop, "caddy", None)
+    if caddy is not None:
+        state["caddyfile"] = hashlib.sha256(caddy.caddyfile.read_bytes()).hexdigest()
+    mine = ["--filter", "name=" + shop.stack.name, "--format", "{{.ID}} {{.Names}} {{.State}}"]
+    listed = testbed.run(["docker", "ps", "-a", "--no-trunc", *mine]).stdout
+    state["containers"] = sorted(listed.splitlines())
+    return state

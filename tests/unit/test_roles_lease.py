@@ -35,6 +35,7 @@ def role_task_files():
 
 def test_the_long_running_modules_keep_a_lease():
     assert [m.split(".")[-1] for m in KEEPERS] == [
+        "caddy_upstream",
         "compose_health",
         "compose_release",
         "compose_schema",

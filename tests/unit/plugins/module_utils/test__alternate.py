@@ -95,7 +95,45 @@ def test_alternate_ports(offset, port_map, expected):
 
 
 def test_busy_alternate_port_is_refused_with_its_number():
-    with pytest.raises(AlternateError, match=r"already in use on the host: 127\.0\.0\.1:18080 \(for app:8080\)"):
+    with pytest.raises(AlternateError, match=r"already in use on the host: 127\.0\.0\.1:9090 \(for app:8080\)"):
+        _alternate.alternate_ports(model(), ["app"], None, {8080: 9090}, is_free=lambda port, host_ip="": False)
+
+
+def test_green_listens_on_127_0_0_1_unless_asked_otherwise():
+    m = model()
+    m["services"]["app"]["ports"][0]["host_ip"] = ""  # published on every interface by the primary
+    mapping = _alternate.alternate_ports(m, ["app"], 10000, None, is_free=always_free)
+    green = _alternate.alternate_model(m, "shop", "shop-green", ["app"], mapping)
+    assert green["services"]["app"]["ports"][0]["host_ip"] == "127.0.0.1"
+    kept = _alternate.alternate_ports(m, ["app"], 10000, None, is_free=always_free, address=None)
+    green = _alternate.alternate_model(m, "shop", "shop-green", ["app"], kept)
+    assert "host_ip" not in green["services"]["app"]["ports"][0], "the operator kept every interface"
+
+
+@pytest.mark.parametrize(
+    ("published", "busy", "expected"),
+    [
+        ("58965", set(), 58966),  # 68965 is past 65535: the next free port after it, wrapped
+        ("8080", {18080}, 18081),  # the offset port is taken
+        ("8080", {18080, 18081, 18082}, 18083),
+    ],
+)
+def test_a_taken_or_out_of_range_offset_port_is_replaced_by_a_free_one(published, busy, expected):
+    m = model()
+    m["services"]["app"]["ports"][0]["published"] = published
+    mapping = _alternate.alternate_ports(m, ["app"], 10000, None, is_free=lambda port, host_ip="": port not in busy)
+    assert (mapping[0]["alternate"], mapping[0]["chosen"]) == (expected, True)
+
+
+def test_a_port_map_entry_is_the_operator_s_and_never_replaced():
+    with pytest.raises(AlternateError, match="already in use"):
+        _alternate.alternate_ports(model(), ["app"], 10000, {8080: 9090}, is_free=lambda port, host_ip="": port != 9090)
+    with pytest.raises(AlternateError, match="out of range"):
+        _alternate.alternate_ports(model(), ["app"], 10000, {8080: 70000}, is_free=always_free)
+
+
+def test_no_free_port_at_all_is_refused_with_what_to_do():
+    with pytest.raises(AlternateError, match="no free alternate port for app near 18080"):
         _alternate.alternate_ports(model(), ["app"], 10000, None, is_free=lambda port, host_ip="": False)
 
 

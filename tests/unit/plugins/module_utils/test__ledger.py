@@ -36,6 +36,13 @@ def events(*pairs):
         (events(("deploy", "a"), ("deploy", "b")), "b", "a"),
         # A failed rollback leaves the current release as it was.
         (events(("deploy", "a"), ("deploy", "b"), ("failed_rollback", "b")), None, "a"),
+        # A failed deploy, rolled back by its rescue, is never previous: deploy v1, v2, failed v3, v4.
+        (
+            events(("deploy", "a"), ("deploy", "b"), ("failed_deploy", "c"), ("rollback", "b"), ("deploy", "d")),
+            "d",
+            "b",
+        ),
+        (events(("deploy", "a"), ("deploy", "b"), ("failed_deploy", "c")), "c", "a"),
     ],
 )
 def test_previous_release(tmp_path, history, deployed_now, expected):
@@ -312,3 +319,14 @@ def test_run_keeping_lease_renews_only_when_asked_and_never_in_check_mode(tmp_pa
     with pytest.raises(SystemExit) as failed:
         _ledger.run_keeping_lease(taken, lambda: ran.append(1))
     assert not ran and "did not start and changed nothing" in failed.value.args[0]["msg"]
+
+
+def test_a_failed_deploy_is_never_current_and_left_by_failure_until_the_next_settled_event(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    for event, release in (("deploy", "a"), ("failed_deploy", "c")):
+        ledger.append_event({"event": event, "release": release})
+    assert ledger.current_id() == "a"
+    assert ledger.left_by_failure("c", ("failed_deploy",)) and not ledger.left_by_failure("c", ("failed_rollback",))
+    assert [e["release"] for e in ledger.failed_history("failed_deploy")] == ["c"]
+    ledger.append_event({"event": "rollback", "release": "a"})
+    assert not ledger.left_by_failure("c")
