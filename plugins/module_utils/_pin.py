@@ -105,7 +105,7 @@ def _references(text, name):
 class PinPlan:
     """What pinning a release's images in its own files gives.
 
-    `contents`: the release's file contents with the pins in; `pins`: [{service, file, line, how}];
+    `contents`: the release's file contents with the pins in; `pins`: [{services, file, line, how}];
     `not_pinned`: [{service, why}], the services the ledger's pin file must hold.
     """
 
