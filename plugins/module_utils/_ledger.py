@@ -305,21 +305,23 @@ class Ledger:
         self.ensure_dirs()
         atomic_write(self.pin_path, pin.encode(), 0o600)
 
-    def pinned_files(self, project_src):
-        """{path: {pinned sha256: {original, release}}}: each content a rollback wrote with its images
-        pinned into project_src, and the release file it was pinned from."""
+    def _pinned_record(self):
+        """pinned.json: {project directory: {path: {pinned sha256: {original, release, kind}}}}."""
         data = read_bytes(self.pinned_path)
         try:
-            known = json.loads(data.decode("utf-8")) if data else {}
+            return json.loads(data.decode("utf-8")) if data else {}
         except ValueError as exc:
             raise LedgerError("the ledger's pinned-files record %s is damaged: %s" % (self.pinned_path, exc)) from exc
-        return known.get(os.path.abspath(project_src), {})
+
+    def pinned_files(self, project_src):
+        """{path: {pinned sha256: {original, release, kind}}}: each content a rollback wrote with its
+        images pinned into project_src, and the release file it was pinned from."""
+        return self._pinned_record().get(os.path.abspath(project_src), {})
 
     def add_pinned_files(self, project_src, release_id, pinned):
         """Remember pinned contents ({path: (pinned sha256, original sha256, kind)}) before they are
         written: whatever a rollback ever pinned maps back to its release's own file."""
-        data = read_bytes(self.pinned_path)
-        known = json.loads(data.decode("utf-8")) if data else {}
+        known = self._pinned_record()
         here = known.setdefault(os.path.abspath(project_src), {})
         before = json.dumps(known, sort_keys=True)
         for path, (pinned_sha, original_sha, kind) in pinned.items():
@@ -328,17 +330,22 @@ class Ledger:
             self.ensure_dirs()
             atomic_write(self.pinned_path, (json.dumps(known, indent=2, sort_keys=True) + "\n").encode(), 0o600)
 
-    def unpinned_content(self, project_src, path, data):
-        """(sha256, content, kind) of the release's own file when `data` is a project file's content a
-        rollback pinned, else None (also when the ledger no longer holds that release)."""
-        known = self.pinned_files(project_src).get(path, {}).get(sha256_bytes(data))
-        if not known:
-            return None
-        try:
-            content = self.file_content(known["release"], path, known["original"])
-            return known["original"], content, known.get("kind")
-        except (OSError, LedgerError):
-            return None
+    def unpinned_contents(self, project_src, contents):
+        """{path: (sha256, content, kind)} of the release's own file for each of `contents` (project
+        files' bytes by path) that is a content a rollback pinned; one read of the record. A file
+        whose release the ledger no longer holds is left out."""
+        pinned = self.pinned_files(project_src)
+        found = {}
+        for path, data in contents.items():
+            known = pinned.get(path, {}).get(sha256_bytes(data))
+            if not known:
+                continue
+            try:
+                content = self.file_content(known["release"], path, known["original"])
+            except (OSError, LedgerError):
+                continue
+            found[path] = (known["original"], content, known.get("kind"))
+        return found
 
     # -- history ---------------------------------------------------------------------------
     def history(self):

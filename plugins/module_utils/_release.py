@@ -304,11 +304,10 @@ def capture(engine, params):
     unrecorded += build_contexts(model, project_src)
     entries, contents = read_project_files(project_src, compose_files, env_files, service_envs)
     # A file a rollback pinned is its release's own file: the project still runs that release.
-    ledger = Ledger(params.get("ledger_dir"), project)
+    unpinned = Ledger(params.get("ledger_dir"), project).unpinned_contents(project_src, contents)
     for entry in entries:
-        known = ledger.unpinned_content(project_src, entry["path"], contents[entry["path"]])
-        if known:
-            entry["sha256"], contents[entry["path"]] = known[0], known[1]
+        if entry["path"] in unpinned:
+            entry["sha256"], contents[entry["path"]] = unpinned[entry["path"]][:2]
     services = deployed_services(engine, project, sorted(model.get("services", {})))
     release = {
         "id": fingerprint(entries, services)[:12],
@@ -820,13 +819,14 @@ class Releases:
         changed = bool(writes or removals or (pin and read_bytes(pin_path) != pin.encode()))
         if changed and not self.module.check_mode:
             if plan and not staging:  # recorded first: a pinned file found on disk always maps back to the release
+                changed_by_pins = plan.pinned_paths(contents)
                 ledger.add_pinned_files(
                     project_src,
                     release["id"],
                     {
                         e["path"]: (sha256_bytes(wanted[e["path"]]), e["sha256"], e["kind"])
                         for e in release["files"]
-                        if e["path"] in plan.pinned_paths(contents)
+                        if e["path"] in changed_by_pins
                     },
                 )
             apply_checkout(project_src, release, wanted, writes, removals, ledger.removed_dir())
@@ -865,13 +865,11 @@ class Releases:
         that follows moved tags: its `docker compose pull` then gets what the tags name now)."""
         project_src = self.params["project_src"]
         ledger = self.ledger()
+        on_disk = {name: read_bytes(os.path.join(project_src, name)) for name in ledger.pinned_files(project_src)}
+        unpinned = ledger.unpinned_contents(project_src, {k: v for k, v in on_disk.items() if v is not None})
         written, before, after = [], [], []
-        for name in sorted(ledger.pinned_files(project_src)):
-            path = os.path.join(project_src, name)
-            data = read_bytes(path)
-            known = ledger.unpinned_content(project_src, name, data) if data is not None else None
-            if not known:
-                continue
+        for name, known in sorted(unpinned.items()):
+            path, data = os.path.join(project_src, name), on_disk[name]
             written.append(name)
             hidden = known[2] in ENV_KINDS
             before.append("# %s\n%s" % (name, ENV_REDACTED if hidden else data.decode("utf-8", "replace")))

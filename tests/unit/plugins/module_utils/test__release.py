@@ -444,9 +444,11 @@ def test_a_pinned_file_maps_back_to_its_release_s_own_content(ledger, tmp_path):
     pinned = original.replace(b"app:v1", b"app:v1@sha256:" + b"a" * 64)
     shas = (sha256_bytes(pinned), sha256_bytes(original), "compose")
     ledger.add_pinned_files(str(project), "111111111111", {"compose.yml": shas})
-    assert ledger.unpinned_content(str(project), "compose.yml", pinned) == (sha256_bytes(original), original, "compose")
-    assert ledger.unpinned_content(str(project), "compose.yml", original) is None, "an unpinned file is itself"
-    assert ledger.unpinned_content(str(tmp_path / "elsewhere"), "compose.yml", pinned) is None, "per project directory"
+    found = ledger.unpinned_contents(str(project), {"compose.yml": pinned})
+    assert found == {"compose.yml": (sha256_bytes(original), original, "compose")}
+    assert ledger.unpinned_contents(str(project), {"compose.yml": original}) == {}, "an unpinned file is itself"
+    elsewhere = ledger.unpinned_contents(str(tmp_path / "elsewhere"), {"compose.yml": pinned})
+    assert elsewhere == {}, "per project directory"
     assert stat.S_IMODE(os.stat(ledger.pinned_path).st_mode) == 0o600
 
 
