@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import socket
 import time
 
 from ansible.module_utils.urls import open_url
@@ -72,7 +73,42 @@ def container_state(attrs):
         "image_id": attrs.get("Image"),
         "started_at": state.get("StartedAt"),
         "oom_killed": state.get("OOMKilled", False),
+        "ports": published_tcp_ports(attrs),
     }
+
+
+def published_tcp_ports(attrs):
+    """[(host address, port)] a container publishes over TCP; every interface is asked on 127.0.0.1."""
+    found = []
+    for key, bindings in sorted(((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items()):
+        if not key.endswith("/tcp"):
+            continue
+        for binding in bindings or []:
+            if str(binding.get("HostPort") or "").isdigit():
+                address = binding.get("HostIp") or "127.0.0.1"
+                address = "127.0.0.1" if address in ("0.0.0.0", "::") else address  # noqa: S104
+                if (address, int(binding["HostPort"])) not in found:
+                    found.append((address, int(binding["HostPort"])))
+    return found
+
+
+def port_answers(address, port, timeout=1.0, linger=0.25):
+    """Whether a server answers there (bounded: one connection, `timeout` s, then `linger` s).
+
+    The engine's port proxy accepts every connection to a published port, and closes it at once
+    when nothing listens in the container: accepted is not enough. A connection still open after
+    `linger` seconds (the server waits for the client to speak) or one that sends data (a banner)
+    has a server behind it.
+    """
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as conn:
+            conn.settimeout(linger)
+            try:
+                return conn.recv(1) != b""
+            except socket.timeout:
+                return True
+    except OSError:
+        return False
 
 
 def last_line(text):
@@ -86,10 +122,22 @@ class ContainerCheck:
 
     kind = "container"
 
-    def __init__(self, service, allow_exited=False):
+    def __init__(self, service, allow_exited=False, min_uptime=0.0, wall_clock=time.time, answers=port_answers):
         self.service = service
         self.allow_exited = allow_exited
+        # Stable before healthy: a container counts as up only after it ran this long without a
+        # restart, health check or not (one that exits after 2 s was "running" at the first sample).
+        self.min_uptime = min_uptime
+        # The engine's StartedAt is the managed host's clock, and so is this (the module runs there).
+        self.wall_clock = wall_clock
+        # Without a health check, a service that publishes a port is up once that port answers.
+        self.answers = answers
         self.first_restarts = None
+        # What judged the service at the last sample: "health check", "port ..." or "uptime only".
+        self.judged_by = None
+        # (container start, address, port) that answered once: asked again on every sample, a
+        # server that waits for its client would cost `linger` seconds each time.
+        self.answered = set()
 
     def evaluate(self, states):
         """states: list of container_state dicts of this service's containers."""
@@ -133,7 +181,35 @@ class ContainerCheck:
             return Result(name, self.kind, FAILED, "health check reports unhealthy" + probe)
         if st["health"] == "starting":
             return Result(name, self.kind, PENDING, "health check still starting" + probe)
-        return Result(name, self.kind, PASSED, "running" + (", healthy" if st["health"] == "healthy" else ""))
+        judged = "healthy by its health check" if st["health"] == "healthy" else "running (no health check)"
+        self.judged_by = "health check" if st["health"] == "healthy" else "uptime only"
+        if st["health"] != "healthy" and st.get("ports"):
+            ports = ", ".join("%s:%d" % port for port in st["ports"])
+            self.judged_by = "port " + ports
+            silent = []
+            for port in st["ports"]:
+                if (st.get("started_at"), *port) in self.answered:
+                    continue
+                if self.answers(*port):
+                    self.answered.add((st.get("started_at"), *port))
+                else:
+                    silent.append("%s:%d" % port)
+            if silent:
+                return Result(
+                    name, self.kind, PENDING, "running (no health check), port %s does not answer" % ", ".join(silent)
+                )
+            judged = "running (no health check), its port %s answers" % ports
+        started = parse_docker_time(st.get("started_at"))
+        up = self.wall_clock() - started if started is not None else None
+        if self.min_uptime > 0 and (up is None or up < self.min_uptime):
+            return Result(
+                name,
+                self.kind,
+                PENDING,
+                "%s, up %s s of the %s s it must run without a restart"
+                % (judged, "?" if up is None else "%.1f" % max(up, 0.0), self.min_uptime),
+            )
+        return Result(name, self.kind, PASSED, judged + (", up %.1f s" % up if up is not None else ""))
 
 
 def rank(status):
@@ -451,7 +527,11 @@ class ProjectHealth:
             ExecCheck(e["service"], e["command"], e.get("expect_rc", 0), e.get("stdout_regex"), e.get("user"))
             for e in p["exec"] or []
         ]
-        container_checks = [ContainerCheck(s, s in (p["allow_exited"] or [])) for s in services]
+        uptimes = p.get("min_uptime_services") or {}
+        container_checks = [
+            ContainerCheck(s, s in (p["allow_exited"] or []), float(uptimes.get(s, p.get("min_uptime") or 0)))
+            for s in services
+        ]
         return HealthWaiter(
             self.engine,
             project,
@@ -466,7 +546,8 @@ class ProjectHealth:
 
     def run(self):
         project, services = self.project_and_services()
-        healthy, states, results, elapsed = self.waiter(project, services).wait()
+        waiter = self.waiter(project, services)
+        healthy, states, results, elapsed = waiter.wait()
         failing = [r for r in results if r.status in (FAILED, INCONCLUSIVE)]
         if healthy:
             msg = "project %s is healthy after %.1f s (%d checks passed)" % (project, elapsed, len(results))
@@ -484,6 +565,8 @@ class ProjectHealth:
             elapsed=round(elapsed, 3),
             msg=msg,
             project=project,
+            # What each service was judged by, for a report an operator can weigh.
+            judged_by={c.service: c.judged_by for c in waiter.container_checks if c.judged_by},
         )
         if self.params.get("downtime_since") is not None:
             answered = {k: float(v) for k, v in (self.params.get("downtime_answered") or {}).items()}

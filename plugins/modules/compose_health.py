@@ -17,6 +17,9 @@ description:
     at the deadline fails); no crash loop (a restart count that rises during the wait fails, even
     when the container looks running at every sample); a one-shot service may exit 0 when listed
     in O(allow_exited)."
+  - "Stable before healthy: each container counts as up only once it has run O(min_uptime) seconds
+    without a restart, health check or not; one without a health check that publishes a TCP port must
+    also answer on it. RV(judged_by) says what judged each service."
   - "Logs: each service's log since its container started has none of O(logs.fail_patterns)
     (unless a line also matches O(logs.ignore_patterns))."
   - "HTTP: each URL of O(http) answers an expected status, and body, O(http[].successes) rounds in a row."
@@ -56,6 +59,20 @@ options:
         O(project_name), every service that has a container).
     type: list
     elements: str
+  min_uptime:
+    description:
+      - Seconds each container must have run without a restart before it counts as up, whether it has a
+        health check or not - a service that exits two seconds after it starts was "running" at the first
+        sample. The verdict names what judged each service (its health check, or running alone) and how
+        long it had been up.
+    type: float
+    default: 5
+  min_uptime_services:
+    description:
+      - "O(min_uptime) for some services (service name to seconds), for example V({worker: 15}) for one that
+        crashes only once it reaches its queue."
+    type: dict
+    default: {}
   allow_exited:
     description:
       - One-shot services that may have exited with code 0 (migrations, init jobs).
@@ -292,6 +309,14 @@ elapsed:
   description: Seconds the module waited.
   returned: always
   type: float
+judged_by:
+  description:
+    - What judged each service at the last sample - C(health check) (its own, passing), C(port <address:port>)
+      (no health check; its published TCP port must answer), or C(uptime only) (no health check, no published
+      port; running for O(min_uptime) without a restart is all that was seen).
+  returned: always
+  type: dict
+  sample: {"app": "health check", "worker": "uptime only", "web": "port 127.0.0.1:8080"}
 msg:
   description: The verdict, listing every failing check.
   returned: always
@@ -333,6 +358,8 @@ def main():
     argument_spec = dict(
         services=dict(type="list", elements="str"),
         allow_exited=dict(type="list", elements="str", default=[]),
+        min_uptime=dict(type="float", default=5),
+        min_uptime_services=dict(type="dict", default={}),
         timeout=dict(type="float", default=60),
         interval=dict(type="float", default=1),
         http=dict(

@@ -158,6 +158,8 @@ def test_rollback_under_load_fails_no_request_and_keeps_one_database(bg_shop, mo
     else:
         assert "measured from engine events and the switches Caddy confirmed" in result.stdout, result.stdout[-3000:]
         assert float(details["downtime_seconds"]) < 0.3 and details["downtime_services"] == {}, details
+    # Stable before healthy: the report says what judged the services that moved.
+    assert "verified by: app: health check" in result.stdout, result.stdout[-3000:]
 
 
 @pytest.mark.serial

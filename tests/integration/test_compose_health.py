@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -217,9 +218,86 @@ def test_verdict_within_one_interval_of_healthy(compose_stack, images, free_port
     stack.up(wait=False)
     interval = 1.0
     t0 = time.time()
-    result = health(stack, timeout=40, interval=interval)
+    # min_uptime 0: this times the health check's verdict, not the stability window.
+    result = health(stack, timeout=40, interval=interval, min_uptime=0)
     returned = time.time()
     assert result["healthy"], result
     healthy_at = testbed.healthy_since(stack.container_id("app"))
     # run_module adds ansible's own start-up and teardown (about 1 s) around the module.
     assert returned - healthy_at < interval + 2.5, (returned - healthy_at, t0)
+
+
+# Stable before healthy: a container counts as up once it has run min_uptime (5 s by default)
+# without a restart; one that publishes a port, and has no health check, must answer on it too.
+WORKER = """\
+services:
+  worker:
+    image: {busybox}
+    command: {command}
+{extra}
+"""
+
+
+def worker_stack(compose_stack, images, command, extra=""):
+    return compose_stack(WORKER.format(busybox=images["BUSYBOX_IMAGE"], command=command, extra=extra))
+
+
+@pytest.mark.parametrize("restart", ['"no"', "always", "on-failure"])
+@pytest.mark.parametrize("seconds", [1, 2, 4])
+def test_a_service_that_exits_after_a_few_seconds_is_never_up(compose_stack, images, seconds, restart):
+    command = '["sh", "-c", "sleep %d; exit 1"]' % seconds
+    stack = worker_stack(compose_stack, images, command, "    restart: %s" % restart)
+    stack.up(wait=False)
+    result = health(stack, timeout=20)
+    assert result["failed"], result
+    reason = next(c["reason"] for c in result["checks"] if c["name"] == "service worker")
+    if restart == '"no"':
+        assert reason == "exited with code 1", reason
+    else:
+        assert reason.startswith(("crash loop", "restarting", "exited with code 1")), reason
+
+
+def test_a_service_that_keeps_running_is_up_after_min_uptime_judged_by_uptime_only(compose_stack, images):
+    stack = worker_stack(compose_stack, images, '["sleep", "3600"]')
+    stack.up(wait=False)
+    result = health(stack, timeout=20, min_uptime=3)
+    assert result["healthy"], result
+    reason = next(c["reason"] for c in result["checks"] if c["name"] == "service worker")
+    up = float(re.search(r"up ([0-9.]+) s", reason).group(1))
+    assert reason.startswith("running (no health check), up ") and up >= 3, reason
+    assert result["judged_by"] == {"worker": "uptime only"}
+
+
+def test_a_health_check_that_passes_once_then_fails_is_not_healthy(compose_stack, images):
+    extra = """\
+    healthcheck:
+      test: ["CMD", "sh", "-c", "test ! -e /tmp/checked && touch /tmp/checked"]
+      interval: 1s
+      retries: 1"""
+    stack = worker_stack(compose_stack, images, '["sleep", "3600"]', extra)
+    stack.up(wait=False)
+    result = health(stack, timeout=20)
+    assert result["failed"], result
+    assert "service worker: health check reports unhealthy" in result["msg"], result["msg"]
+
+
+def test_a_published_port_that_never_answers_is_not_up(compose_stack, images, free_port):
+    port = free_port()
+    stack = worker_stack(compose_stack, images, '["sleep", "3600"]', '    ports: ["127.0.0.1:%d:8080"]' % port)
+    stack.up(wait=False)
+    result = health(stack, timeout=8, min_uptime=1)
+    assert result["failed"], result
+    assert "service worker: running (no health check), port 127.0.0.1:%d does not answer" % port in result["msg"]
+    assert result["judged_by"] == {"worker": "port 127.0.0.1:%d" % port}
+
+
+def test_a_published_port_that_answers_is_up(compose_stack, images, free_port):
+    port = free_port()
+    ports = '    ports: ["127.0.0.1:%d:8080"]' % port
+    stack = worker_stack(compose_stack, images, '["httpd", "-f", "-p", "8080"]', ports)
+    stack.up(wait=False)
+    result = health(stack, timeout=20, min_uptime=1)
+    assert result["healthy"], result
+    reason = next(c["reason"] for c in result["checks"] if c["name"] == "service worker")
+    assert reason.startswith("running (no health check), its port 127.0.0.1:%d answers" % port), reason
+    assert result["judged_by"] == {"worker": "port 127.0.0.1:%d" % port}

@@ -98,6 +98,8 @@ def test_rollback_to_previous_keeps_every_row_and_is_idempotent(shop, monkeypatc
     assert 0 < measured["app"] < 10 and 0 < measured["db"] < 30, measured
     assert float(details["downtime_seconds"]) == max(measured.values())
     assert "measured from engine events" in result.stdout
+    # Stable before healthy: the report says what judged each service (both have health checks).
+    assert "verified by: app: health check, db: health check" in result.stdout, result.stdout[-3000:]
 
     again = shop.rollback()
     assert_ok(again)
@@ -172,6 +174,29 @@ def test_target_that_fails_verification_is_reverted(shop):
     assert "put back on release %s" % v2 in result.stdout, result.stdout[-4000:]
     assert shop.version() == "v2"
     assert shop.rows() == ["row 1"]
+
+
+def test_target_that_crash_loops_a_few_seconds_after_it_starts_is_reverted_naming_the_service(shop):
+    # v1 reads an env file of the host that drifts after v2 is deployed: v1 then serves and passes
+    # its health check, and exits 3 s later, over and over (restart: always). Without HTTP checks,
+    # as the README's first command runs, the verification must still see it: stable before healthy.
+    compose = shop.dir / "compose.yml"
+    compose.write_text(compose.read_text().replace("    env_file:\n", "    restart: always\n    env_file:\n", 1))
+    host_env = reads_a_host_env_file(shop)
+    shop.deploy("v1")
+    shop.write("row 1")
+    stops_reading_it(shop, host_env)
+    v2 = shop.deploy("v2")
+    host_env.write_text("APP_CRASH_AFTER=3\n")
+
+    result = shop.rollback(recreate_health_http=[], recreate_health_timeout=30)
+    assert result.returncode != 0, result.stdout[-4000:]
+    assert re.search(r"FAILED at step '(start|verify)'", result.stdout), result.stdout[-4000:]
+    assert re.search(r"service app: (crash loop|restarting|exited with code 3)", result.stdout), result.stdout[-4000:]
+    assert "put back on release %s and it serves again (verified)" % v2 in result.stdout, result.stdout[-4000:]
+    assert shop.version() == "v2"
+    assert shop.rows() == ["row 1"]
+    assert shop.info()["current"]["id"] == v2
 
 
 def db_started_at(shop):

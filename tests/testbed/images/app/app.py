@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +25,9 @@ READS_NOTE = SCHEMA_HEAD == "0002"
 FAIL_HEALTH = os.environ.get("APP_FAIL_HEALTH", "") == "1"
 CRASH_ON_START = os.environ.get("APP_CRASH_ON_START", "") == "1"
 START_DELAY = float(os.environ.get("APP_START_DELAY", "0"))
+# Serves (and passes its health check) for this many seconds, then exits 3: healthy at the first
+# sample, crash-looping a few seconds later under `restart: always`.
+CRASH_AFTER = float(os.environ.get("APP_CRASH_AFTER", "0"))
 _ENGINE = []
 
 
@@ -131,6 +135,11 @@ def stop(signum, frame):
     sys.exit(0)
 
 
+def crash_now():
+    print("app %s exiting on purpose after %s s (APP_CRASH_AFTER)" % (VERSION, CRASH_AFTER), flush=True)
+    os._exit(3)
+
+
 def main():
     signal.signal(signal.SIGTERM, stop)
     print("app %s starting" % VERSION, flush=True)
@@ -148,6 +157,8 @@ def main():
                 time.sleep(1)
     server = Server(("0.0.0.0", PORT), Handler)
     print("app %s listening on %d" % (VERSION, PORT), flush=True)
+    if CRASH_AFTER > 0:
+        threading.Timer(CRASH_AFTER, crash_now).start()
     server.serve_forever()
 
 

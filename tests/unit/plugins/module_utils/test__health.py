@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _health
 
 
-def state(status="running", health=None, restarts=0, exit_code=0, probe=""):
+def state(status="running", health=None, restarts=0, exit_code=0, probe="", started_at="2026-12-06T10:00:00.5Z"):
     return {
         "state": status,
         "health": health,
@@ -14,7 +17,7 @@ def state(status="running", health=None, restarts=0, exit_code=0, probe=""):
         "exit_code": exit_code,
         "image": "app:v1",
         "image_id": "sha256:1",
-        "started_at": "t",
+        "started_at": started_at,
         "oom_killed": False,
         "last_probe": probe,
     }
@@ -23,8 +26,8 @@ def state(status="running", health=None, restarts=0, exit_code=0, probe=""):
 @pytest.mark.parametrize(
     ("samples", "allow_exited", "status", "reason"),
     [
-        ([[state()]], False, "passed", "running"),
-        ([[state(health="healthy")]], False, "passed", "running, healthy"),
+        ([[state()]], False, "passed", "running (no health check)"),
+        ([[state(health="healthy")]], False, "passed", "healthy by its health check"),
         ([[state(health="starting")]], False, "pending", "health check still starting"),
         (
             [[state(health="unhealthy", probe="exit 1")]],
@@ -52,6 +55,37 @@ def test_container_verdicts(samples, allow_exited, status, reason):
     assert (result.status, result.reason) == (status, reason) or (
         result.status == status and result.reason.startswith(reason)
     )
+
+
+# 2026-12-06T10:00:00.5Z as the managed host's epoch seconds.
+STARTED = 1796551200.5
+
+
+@pytest.mark.parametrize(
+    ("health", "up", "status", "reason"),
+    [
+        # Running for 1 s of the 5 it must: a service that exits after 2 s is not up yet.
+        (None, 1.0, "pending", "running (no health check), up 1.0 s of the 5.0 s it must run without a restart"),
+        (None, 5.5, "passed", "running (no health check), up 5.5 s"),
+        # A health check that passed once counts only once the container has run the window.
+        ("healthy", 2.0, "pending", "healthy by its health check, up 2.0 s of the 5.0 s"),
+        ("healthy", 6.0, "passed", "healthy by its health check, up 6.0 s"),
+    ],
+)
+def test_stable_before_healthy(health, up, status, reason):
+    check = _health.ContainerCheck("app", min_uptime=5.0, wall_clock=lambda: STARTED + up)
+    result = check.evaluate([state(health=health)])
+    assert result.status == status and result.reason.startswith(reason), result.reason
+    assert check.judged_by == ("health check" if health else "uptime only")
+
+
+def test_a_restart_inside_the_window_fails_even_when_running_again():
+    now = [STARTED + 1.0]
+    check = _health.ContainerCheck("app", min_uptime=5.0, wall_clock=lambda: now[0])
+    assert check.evaluate([state()]).status == "pending"
+    now[0] = STARTED + 8.0  # restarted meanwhile (restart: always), running again
+    result = check.evaluate([state(restarts=1, started_at="2026-12-06T10:00:07.5Z")])
+    assert result.status == "failed" and "crash loop" in result.reason
 
 
 @pytest.mark.parametrize(
@@ -154,3 +188,49 @@ def test_lines_since_drops_the_previous_runs_last_second():
 def test_log_window_starts_where_the_current_run_does(state, expected):
     got = _health.LogCheck.run_start(state)
     assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_without_a_health_check_a_published_port_must_answer():
+    answering = set()
+    check = _health.ContainerCheck(
+        "app", min_uptime=1.0, wall_clock=lambda: STARTED + 3, answers=lambda a, p: (a, p) in answering
+    )
+    running = dict(state(), ports=[("127.0.0.1", 18080)])
+    result = check.evaluate([running])
+    assert result.status == "pending" and result.reason.endswith("port 127.0.0.1:18080 does not answer"), result.reason
+    answering.add(("127.0.0.1", 18080))
+    result = check.evaluate([running])
+    assert result.status == "passed" and "its port 127.0.0.1:18080 answers" in result.reason, result.reason
+    assert check.judged_by == "port 127.0.0.1:18080"
+
+
+def test_published_tcp_ports_ask_every_interface_on_127_0_0_1():
+    attrs = {
+        "NetworkSettings": {
+            "Ports": {
+                "8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18080"}, {"HostIp": "::", "HostPort": "18080"}],
+                "53/udp": [{"HostIp": "", "HostPort": "5353"}],
+                "9000/tcp": None,
+            }
+        }
+    }
+    assert _health.published_tcp_ports(attrs) == [("127.0.0.1", 18080)]
+
+
+def test_a_port_accepted_then_closed_at_once_does_not_answer():
+    # What the engine's port proxy does when nothing listens in the container.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+
+        def accept_and_close():
+            conn = server.accept()[0]
+            conn.close()
+
+        closer = threading.Thread(target=accept_and_close)
+        closer.start()
+        assert not _health.port_answers("127.0.0.1", port, timeout=2, linger=2)
+        closer.join(5)
+        # A server that keeps the connection open, waiting for its client, answers.
+        assert _health.port_answers("127.0.0.1", port, timeout=2, linger=0.2)
