@@ -18,11 +18,13 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.stackops.rollback.plugins.module_utils._events import start_recorder
 from ansible_collections.stackops.rollback.plugins.module_utils._streams import coalesce
 
 try:
@@ -354,6 +356,16 @@ class Engine:
                 if event.get("Type") == "container" and labels.get(PROJECT_LABEL) == project and since <= when:
                     events.append((when, event.get("id"), labels.get(SERVICE_LABEL), event.get("Action") or ""))
         return sorted(events), oldest
+
+    def start_event_recorder(self, path, projects, seconds):
+        """Follow the engine's container events of the projects into path, in a process of its own,
+        for at most `seconds` (_events.RECORDER); returns its Record once it follows the stream."""
+        if not HAS_DOCKER_SDK:
+            raise EngineError(
+                "the Docker SDK for Python is not installed for %s on the managed host; install it "
+                "(apt-get install python3-docker, or pip install docker)" % sys.executable
+            )
+        return start_recorder(self.host, path, projects, seconds)
 
     def project_volumes(self, project):
         """Names of a compose project's volumes, sorted."""

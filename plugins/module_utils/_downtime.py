@@ -138,9 +138,13 @@ def summarize(windows, until):
     return {"seconds": longest, "services": services}
 
 
-def project_windows(engine, project, since, until, expected=()):
-    """(service_windows of one project from the engine, the oldest event time the engine holds)."""
-    events, oldest = engine.project_events(project, since, until)
+def project_windows(engine, project, since, until, expected=(), record=None):
+    """(service_windows of one project, the oldest event time its source holds): the events come from
+    the recorder's `record` (_events.Record) when there is one, else from the engine's own history."""
+    if record is not None:
+        events, oldest = record.project_events(project, since, until), record.ready
+    else:
+        events, oldest = engine.project_events(project, since, until)
     # A removed container's health check shows in its events only.
     has_healthcheck = {container: True for _w, container, _s, action in events if action.startswith("health_status")}
     running = {}
@@ -154,26 +158,40 @@ def project_windows(engine, project, since, until, expected=()):
     return service_windows(events, running, has_healthcheck, since, expected), oldest
 
 
-def measure(engine, project, since, until, answered=None, routes=None):
+def measure(engine, project, since, until, answered=None, routes=None, record=None):
     """The downtime of a project's services between two epoch times, from the engine's records.
 
     `answered` ({service: epoch}) closes a window where the service was seen answering first.
     `routes` ({services, switches: [(at, project)]}) measures those services behind a proxy:
     against whichever project received their traffic at each moment (routed_windows).
+    `record` (_events.Record), a recorder's file that followed the event stream over the window,
+    is read instead of the engine's history, which keeps its last 256 events only.
     """
-    windows, oldest = project_windows(engine, project, since, until)
+    windows, oldest = project_windows(engine, project, since, until, record=record)
     held = [oldest]
     if routes:
         by_project = {project: windows}
         for other in sorted({p for _at, p in routes["switches"]} - {project}):
-            by_project[other], other_oldest = project_windows(engine, other, since, until, routes["services"])
+            by_project[other], other_oldest = project_windows(
+                engine, other, since, until, routes["services"], record=record
+            )
             held.append(other_oldest)
         switches = [(since, project), *routes["switches"]]
         windows = {service: spans for service, spans in windows.items() if service not in routes["services"]}
         windows.update(routed_windows(by_project, switches, routes["services"], since, until))
     windows = apply_answers(windows, answered or {})
     result = summarize(windows, until)
-    # The engine keeps its last 256 events only: a window older than them may have lost a stop.
-    complete = all(t is not None and t <= since for t in held)
-    result.update(since=round(since, 3), until=round(until, 3), source="engine events", complete=complete)
+    if record is not None:
+        gap = record.gap(since, until)
+        # followed: read from the stream as it happened, not from the engine's history afterwards.
+        result.update(source="engine events", followed=True, complete=gap is None)
+        if gap:
+            result["gap"] = gap
+    else:
+        # The engine keeps its last 256 events only: a window older than them may have lost a stop.
+        complete = all(t is not None and t <= since for t in held)
+        result.update(source="engine events", followed=False, complete=complete)
+        if not complete:
+            result["gap"] = "the engine no longer holds the window's first events (it keeps its last 256)"
+    result.update(since=round(since, 3), until=round(until, 3))
     return result

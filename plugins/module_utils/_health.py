@@ -21,11 +21,13 @@ from ansible.module_utils.urls import open_url
 from ansible_collections.stackops.rollback.plugins.module_utils._compose import Compose
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import SERVICE_LABEL
 from ansible_collections.stackops.rollback.plugins.module_utils._downtime import measure
+from ansible_collections.stackops.rollback.plugins.module_utils._events import Record, RecorderError, read_record
 
 PASSED, FAILED, PENDING, INCONCLUSIVE = "passed", "failed", "pending", "inconclusive"
 
 DEFAULT_FAIL_PATTERNS = [
     r"\bFATAL\b",
+    r"\bPANIC\b",
     r"\bpanic:",
     r"Traceback \(most recent call last\)",
     r"OutOfMemory",
@@ -39,7 +41,43 @@ DEFAULT_IGNORE_PATTERNS = [
     r"FATAL:\s+terminating connection due to administrator command",
     r"FATAL:\s+the database system is (?:starting up|shutting down|not yet accepting connections)",
 ]
+# What a database writes when a client fails (a wrong password, a database or role that does not
+# exist, a client that goes away or is turned away while the server starts or stops): lines about one
+# client session, not the server's health. Applied to database services only: the same words in an
+# application's log mean the application cannot reach its database.
+DATABASE_CLIENT_ERRORS = {
+    "postgres": [
+        r"FATAL:\s+password authentication failed for user",
+        r"FATAL:\s+(?:role|database) \"[^\"]*\" does not exist",
+        r"FATAL:\s+(?:no pg_hba\.conf entry|pg_hba\.conf rejects connection) for",
+        r"FATAL:\s+permission denied for database",
+        r"FATAL:\s+(?:canceling authentication due to timeout|connection to client lost)",
+        r"FATAL:\s+terminating connection due to (?:idle-in-transaction|idle-session) timeout",
+        r"FATAL:\s+(?:unsupported frontend protocol|invalid length of startup packet)",
+        r"FATAL:\s+expected (?:password|SASL) response",
+        r"FATAL:\s+the database system is in recovery mode",
+    ],
+    "mariadb": [
+        r"Access denied for user",
+        r"Aborted connection \d+ to db",
+        r"Got (?:an error|timeout) reading communication packets",
+        r"Unknown database '",
+    ],
+}
+DATABASE_CLIENT_ERRORS["mysql"] = DATABASE_CLIENT_ERRORS["mariadb"]
+# A database image recognized by its repository's last name, when the caller declares none.
+DATABASE_IMAGES = (
+    ("postgres", re.compile(r"^(?:postgres|postgis|timescaledb)")),
+    ("mariadb", re.compile(r"^mariadb")),
+    ("mysql", re.compile(r"^(?:mysql|percona)")),
+)
 LOG_TAIL_LINES = 5000  # bounds memory and time on chatty services
+
+
+def database_engine_of(image):
+    """'postgres', 'mariadb' or 'mysql' for an image named like one ('reg:5000/lib/postgres:16'), else None."""
+    name = (image or "").split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    return next((engine for engine, pattern in DATABASE_IMAGES if pattern.match(name)), None)
 
 
 def parse_docker_time(text):
@@ -285,19 +323,25 @@ def lines_since(text, since):
 
 
 class LogCheck:
-    """No error pattern in a service's log since its container started (or since a given time)."""
+    """No error pattern in a service's log since a given time (None: since its container started).
+
+    A database service (`database`: its engine, or recognized by its image) also passes over the
+    lines its engine writes for a client's own error (DATABASE_CLIENT_ERRORS).
+    """
 
     kind = "logs"
 
-    def __init__(self, service, fail_patterns, ignore_patterns, since=None):
+    def __init__(self, service, fail_patterns, ignore_patterns, since=None, database=None):
         self.service = service
         self.fail = [re.compile(p) for p in fail_patterns]
         self.ignore = [re.compile(p) for p in ignore_patterns]
         self.since = since
+        self.database = database
 
-    def scan(self, text):
+    def scan(self, text, database=None):
+        ignore = self.ignore + [re.compile(p) for p in DATABASE_CLIENT_ERRORS.get(database or "", [])]
         for line in text.splitlines():
-            if any(p.search(line) for p in self.fail) and not any(p.search(line) for p in self.ignore):
+            if any(p.search(line) for p in self.fail) and not any(p.search(line) for p in ignore):
                 return line.strip()
         return None
 
@@ -323,7 +367,8 @@ class LogCheck:
             # The engine may give whole seconds only; that second may hold the last lines of the
             # previous run, so lines are also filtered by their own time.
             text = engine.logs(container, since=since, tail=LOG_TAIL_LINES)
-            hit = self.scan(lines_since(text, since))
+            database = self.database or database_engine_of((container.attrs.get("Config") or {}).get("Image"))
+            hit = self.scan(lines_since(text, since), database)
             if hit:
                 return Result(name, self.kind, FAILED, "error in the log: %s" % hit[:300])
         return Result(name, self.kind, PASSED, "no error pattern")
@@ -478,12 +523,25 @@ class HealthInputError(Exception):
 class ProjectHealth:
     """compose_health: build the checks from the module's options, wait, and say the verdict."""
 
-    def __init__(self, params, engine):
+    def __init__(self, params, engine, clock=time.time):
         self.params = params
         self.engine = engine
+        # When the module started, on the managed host's clock: where the log scan starts by default.
+        self.started = clock()
 
     def project_and_services(self):
         p = self.params
+        unknown_engines = {
+            s: e for s, e in ((p.get("logs") or {}).get("databases") or {}).items() if e not in DATABASE_CLIENT_ERRORS
+        }
+        if unknown_engines:
+            raise HealthInputError(
+                "logs.databases names %s: give each database service one of %s"
+                % (
+                    ", ".join("%s: %s" % item for item in sorted(unknown_engines.items())),
+                    ", ".join(DATABASE_CLIENT_ERRORS),
+                )
+            )
         from_files = bool(p["project_src"] or p["files"])
         if from_files:
             model = Compose.from_params(self.engine, p).config()
@@ -511,7 +569,11 @@ class ProjectHealth:
         if logs.get("enabled", True):
             fail = logs.get("fail_patterns") or DEFAULT_FAIL_PATTERNS
             ignore = DEFAULT_IGNORE_PATTERNS if logs.get("ignore_patterns") is None else logs["ignore_patterns"]
-            log_checks = [LogCheck(s, fail, ignore, logs.get("since")) for s in services]
+            # From the step by default: a line weeks old (or the last run's) says nothing of this one.
+            since = logs.get("since") if logs.get("since") is not None else self.started
+            since = None if logs.get("whole_run") else since
+            databases = logs.get("databases") or {}
+            log_checks = [LogCheck(s, fail, ignore, since, databases.get(s)) for s in services]
         http_checks = [
             HttpCheck(
                 h["url"],
@@ -576,7 +638,13 @@ class ProjectHealth:
                     services=routes["services"],
                     switches=[(float(s["at"]), s["project"]) for s in routes["switches"]],
                 )
+            record = None
+            if self.params.get("downtime_record"):
+                try:
+                    record = read_record(self.params["downtime_record"])
+                except RecorderError as exc:
+                    record = Record(error=str(exc))  # an incomplete measurement, not a failed verification
             result["downtime"] = measure(
-                self.engine, project, self.params["downtime_since"], time.time(), answered, routes
+                self.engine, project, self.params["downtime_since"], time.time(), answered, routes, record
             )
         return result

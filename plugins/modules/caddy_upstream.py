@@ -194,6 +194,13 @@ reload_seconds:
   returned: when Caddy was reloaded
   type: float
   sample: 0.21
+host_time:
+  description:
+    - The managed host's clock (epoch seconds) when the module started, before anything switched - where a
+      downtime window that begins with this switch opens.
+  returned: success
+  type: float
+  sample: 1764633601.1
 switched_at:
   description:
     - The epoch time (seconds) at which the running config was confirmed to dial the new upstreams,
@@ -213,7 +220,9 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import L
 
 def switch_and_drain(module, engine):
     """The switch, then the drain: requests in flight on the side left finish before it stops."""
+    host_time = time.time()  # before anything switches: a downtime window opens here, on the host's clock
     result = UpstreamSwitch(module, engine).run()
+    result["host_time"] = host_time
     drain = module.params["drain_seconds"]
     if drain > 0 and not module.check_mode:
         started = time.monotonic()

@@ -20,8 +20,10 @@ description:
   - "Stable before healthy: each container counts as up only once it has run O(min_uptime) seconds
     without a restart, health check or not; one without a health check that publishes a TCP port must
     also answer on it. RV(judged_by) says what judged each service."
-  - "Logs: each service's log since its container started has none of O(logs.fail_patterns)
-    (unless a line also matches O(logs.ignore_patterns))."
+  - "Logs: each service's log since the module started (or O(logs.since); since its container started
+    with O(logs.whole_run)) has none of O(logs.fail_patterns) (unless a line also matches
+    O(logs.ignore_patterns)). A database service also passes over the lines its engine writes for a
+    client's own error, such as a wrong password (O(logs.databases))."
   - "HTTP: each URL of O(http) answers an expected status, and body, O(http[].successes) rounds in a row."
   - "Data: each command of O(exec) run in a service container returns the expected code and output
     (for example a C(psql) query that must return rows)."
@@ -130,14 +132,35 @@ options:
         type: bool
         default: true
       since:
-        description: Scan from this time (epoch seconds) instead of the container's start.
+        description:
+          - Scan from this time (epoch seconds, on the managed host's clock, as
+            RV(stackops.rollback.rollback_lock#module:host_time) gives it), for example the start of
+            the step being verified.
+          - Defaults to the moment the module started, so that a line written before the step, weeks
+            ago or by the previous run, does not fail it.
         type: float
+      whole_run:
+        description:
+          - Scan each container's log since its current run started instead, whatever O(logs.since) says.
+        type: bool
+        default: false
+      databases:
+        description:
+          - "Database services and their engine (V(postgres), V(mariadb), V(mysql)), for example
+            V({db: postgres}): their logs also pass over the lines the engine writes for a client's own
+            error - a wrong password, a database or role that does not exist, a client that goes away
+            or is turned away while the server starts or stops."
+          - A service not listed is taken for a database when its image is named like one
+            (V(postgres), V(postgis), V(timescaledb), V(mariadb), V(mysql), V(percona)).
+        type: dict
+        default: {}
       fail_patterns:
         description: Regular expressions of error lines.
         type: list
         elements: str
         default:
           - '\bFATAL\b'
+          - '\bPANIC\b'
           - '\bpanic:'
           - 'Traceback \(most recent call last\)'
           - 'OutOfMemory'
@@ -185,6 +208,15 @@ options:
         downtime from the engine's events, returned as RV(downtime). Set it just before the first step
         that stops anything (a backup's stop, a swap).
     type: float
+  downtime_record:
+    description:
+      - With O(downtime_since), the file a recorder wrote while it followed the engine's event stream
+        over the window (M(stackops.rollback.engine_events), its RV(stackops.rollback.engine_events#module:record)).
+        The downtime is measured from it instead of the engine's history, which keeps its last 256 events
+        only - on a busy host, seconds' worth.
+      - C(complete) in RV(downtime) is then false only when the recorder was not following the stream over
+        the whole window; C(gap) says why.
+    type: path
   downtime_answered:
     description:
       - With O(downtime_since), when services were seen answering again, as
@@ -328,7 +360,9 @@ downtime:
       serving, and per service under C(services) its C(seconds), C(total_seconds) and C(windows)
       (C(down), C(up), C(seconds)).
     - C(complete) is false when the window began before the oldest event the engine still holds (it
-      keeps its last 256, and health checks add three each) - a stop may then be missing from the figure.
+      keeps its last 256, and health checks add three each) - a stop may then be missing from the figure;
+      with O(downtime_record), when the recorder did not follow the stream over the whole window.
+      C(gap) then says why. C(followed) says whether the events came from a recorder.
     - A container stops serving at its C(kill) or C(die) event (or an C(unhealthy) health status) and
       serves again at its first passing health check, or at its C(start) when it has no health check.
   returned: when downtime_since is set
@@ -381,6 +415,8 @@ def main():
             options=dict(
                 enabled=dict(type="bool", default=True),
                 since=dict(type="float"),
+                whole_run=dict(type="bool", default=False),
+                databases=dict(type="dict", default={}),
                 fail_patterns=dict(type="list", elements="str", default=list(DEFAULT_FAIL_PATTERNS)),
                 ignore_patterns=dict(type="list", elements="str", default=list(DEFAULT_IGNORE_PATTERNS)),
             ),
@@ -400,6 +436,7 @@ def main():
         fail_on_unhealthy=dict(type="bool", default=True),
         downtime_since=dict(type="float"),
         downtime_answered=dict(type="dict", default={}),
+        downtime_record=dict(type="path"),
         downtime_routes=dict(
             type="dict",
             options=dict(

@@ -150,6 +150,14 @@ resumed:
   description: The record of a dead run whose lock this run took over (its data, phase and plan), else V(null).
   returned: success
   type: dict
+host_time:
+  description:
+    - The managed host's clock (epoch seconds) when the module ran. Windows that are compared with the
+      host's own records (engine events, log lines, health checks) open at a time read there, never on
+      the controller, whose clock may differ.
+  returned: always
+  type: float
+  sample: 1764633600.412
 msg:
   description: Says whose lock was taken over, and why, when this run took one over.
   returned: when a lock was taken over
@@ -203,6 +211,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    # The managed host's clock: the roles open their measurement windows on it, never the controller's.
+    host_time = time.time()
     ledger = None
     try:
         ledger = Ledger(p["ledger_dir"], p["project"])
@@ -213,7 +223,7 @@ def main():
             if module.check_mode:
                 if current and not ours and not ledger.may_take(current, p["takeover_token"], time.time(), p["grace"]):
                     raise LockHeld(ledger, current)
-                module.exit_json(changed=not ours, holder=current, resumed=None)
+                module.exit_json(changed=not ours, holder=current, resumed=None, host_time=host_time)
             record = {
                 "holder": p["holder"],
                 "token": p["token"],
@@ -225,13 +235,13 @@ def main():
                 changed = ledger.update_lock(p["token"], p["data"])
         else:
             if module.check_mode:
-                module.exit_json(changed=current is not None, holder=None, resumed=None)
+                module.exit_json(changed=current is not None, holder=None, resumed=None, host_time=host_time)
             changed = ledger.release_lock(p["token"], p["force"])
     except LockHeld as exc:
         module.fail_json(msg=str(exc), holder=exc.holder, lock_held=True)
     except LedgerError as exc:
         module.fail_json(msg=str(exc), holder=ledger.lock_holder() if ledger else None)
-    result = dict(changed=changed, holder=ledger.lock_holder(), resumed=resumed)
+    result = dict(changed=changed, holder=ledger.lock_holder(), resumed=resumed, host_time=host_time)
     if resumed and (resumed.get("damaged") or resumed.get("token") != p["takeover_token"]):
         if resumed.get("unfinished"):
             kind, why = "a run that ended unfinished", resumed["unfinished"]

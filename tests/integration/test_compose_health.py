@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -193,10 +194,17 @@ def test_error_pattern_in_the_logs_fails_unless_ignored(compose_stack, images, f
     extra = '    command: ["sh", "-c", "echo FATAL: disk on fire; exec python3 /opt/app/app.py"]'
     stack = app_stack(compose_stack, images, free_port(), None, extra)
     stack.up()
-    result = health(stack, timeout=5)
+    since_start = {"whole_run": True}
+    result = health(stack, timeout=5, logs=since_start)
     assert result["failed"] and "logs of app: error in the log: FATAL: disk on fire" in result["msg"]
-    ignored = health(stack, timeout=5, logs={"ignore_patterns": ["disk on fire"]})
+    ignored = health(stack, timeout=5, logs=dict(since_start, ignore_patterns=["disk on fire"]))
     assert ignored["healthy"], ignored
+    # By default the scan starts when the module does: a line written before the step fails nothing.
+    from_the_step = health(stack, timeout=10)
+    assert from_the_step["healthy"], from_the_step
+    # From a time given on the host's clock before the line, it counts again.
+    given = health(stack, timeout=5, logs={"since": time.time() - 600})
+    assert given["failed"] and "FATAL: disk on fire" in given["msg"], given
 
 
 def test_one_shot_service_may_exit_zero_when_listed(compose_stack, images, free_port):
@@ -301,3 +309,33 @@ def test_a_published_port_that_answers_is_up(compose_stack, images, free_port):
     reason = next(c["reason"] for c in result["checks"] if c["name"] == "service worker")
     assert reason.startswith("running (no health check), its port 127.0.0.1:%d answers" % port), reason
     assert result["judged_by"] == {"worker": "port 127.0.0.1:%d" % port}
+
+
+def test_engine_events_follows_the_stream_and_the_downtime_is_read_from_it(compose_stack, images, tmp_path):
+    stack = worker_stack(compose_stack, images, '["sleep", "3600"]')
+    stack.up(wait=False)
+    ledger = str(tmp_path / "ledger")
+    started = testbed.run_module("engine_events", dict(project=stack.name, ledger_dir=ledger))
+    assert not started.get("failed"), started
+    assert started["record"].startswith(ledger + "/projects/%s/events-" % stack.name)
+    assert os.stat(started["record"]).st_mode & 0o777 == 0o600
+    stack.compose("restart", "worker")
+    measured = health(
+        stack,
+        min_uptime=0,
+        downtime_since=started["host_time"],
+        downtime_record=started["record"],
+    )
+    downtime = measured["downtime"]
+    assert downtime["complete"] and downtime["followed"], downtime
+    assert downtime["services"]["worker"]["windows"], downtime
+    stopped = testbed.run_module(
+        "engine_events", dict(project=stack.name, ledger_dir=ledger, state="stopped", record=started["record"])
+    )
+    assert stopped["changed"] and stopped["ended"] == "stopped" and stopped["events"] >= 2, stopped
+    assert not os.path.exists(started["record"])
+    # A record that is not one of the project's is refused, and nothing stopped.
+    refused = testbed.run_module(
+        "engine_events", dict(project=stack.name, ledger_dir=ledger, state="stopped", record="/etc/passwd")
+    )
+    assert refused["failed"] and "is not an event record of project" in refused["msg"], refused

@@ -223,8 +223,11 @@ def test_lock_names_its_live_holder(run_module, tmp_path):
     ledger = str(tmp_path / "ledger")
     # This test process stands for a play that is still running on this controller.
     alive = dict(holder="alice's play", controller_pid=os.getpid())
+    asked = time.time()
     first = lock(run_module, ledger, "run-1", **alive)
     assert first["changed"], first
+    # The managed host's clock (here the same machine), where the roles open their windows.
+    assert asked <= first["host_time"] <= time.time(), (asked, first["host_time"])
     assert not lock(run_module, ledger, "run-1", **alive)["changed"]
     other = lock(run_module, ledger, "run-2", holder="bob's play")
     assert other.get("failed"), other

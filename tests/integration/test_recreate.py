@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import testbed
+from loadgen import longest_outage, run_under_probes, summarize
 from shop import (
     LEDGER,
     RecreateShop,
@@ -60,6 +61,16 @@ def stops_reading_it(shop, host_env):
     """The next release's compose file reads an env file of its own instead."""
     compose = shop.dir / "compose.yml"
     compose.write_text(compose.read_text().replace(str(host_env), "./app-v2-extra.env"))
+
+
+def v1_reading_a_host_env_file_then_v2(shop):
+    """v1 deployed reading a host env file (reads_a_host_env_file), a row written, then v2 that does
+    not read it; returns (that file, for the test to make v1 drift, v2's release id)."""
+    host_env = reads_a_host_env_file(shop)
+    shop.deploy("v1")
+    shop.write("row 1")
+    stops_reading_it(shop, host_env)
+    return host_env, shop.deploy("v2")
 
 
 def assert_ok(result):
@@ -107,6 +118,48 @@ def test_rollback_to_previous_keeps_every_row_and_is_idempotent(shop, monkeypatc
     assert recap_changed(again) == 0, again.stdout[-3000:]
 
 
+def rolled_back_under_probes(shop, **variables):
+    """v1, v2 deployed, then rolled back with 50 requests/s on the app from 1 s before to 1 s after;
+    returns (the playbook's result, the app's reported downtime, the probes' longest outage)."""
+    shop.deploy("v1")
+    shop.write("row 1")
+    shop.deploy("v2")
+    result, samples = run_under_probes(shop.url + "/version", lambda: shop.rollback(**variables))
+    assert_ok(result)
+    assert shop.version() == "v1" and shop.rows() == ["row 1"]
+    # Complete: the report gives the measured figure, not the role's own bound.
+    assert "measured from engine events)" in result.stdout, result.stdout[-3000:]
+    details = shop.info()["history"][-1]["details"]
+    reported, probed = float(details["downtime_services"]["app"]), longest_outage(samples)
+    assert probed > 0, "the probes saw no outage: the test would pass whatever the report said"
+    assert abs(reported - probed) <= 0.3, (reported, probed, summarize(samples))
+    return result, reported, probed
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("offset", [30, -30], ids=["controller-30s-ahead", "controller-30s-behind"])
+def test_a_controller_clock_off_the_hosts_changes_neither_the_downtime_nor_the_verdict(shop, offset):
+    """Every window opens on the managed host's clock: with the controller's 30 s ahead, a window
+    opened on it would miss every stop; 30 s behind, it would take in the deploy just before."""
+    _result, reported, probed = rolled_back_under_probes(shop, clock_offset=offset)
+    print("controller clock %+d s: app down %.3f s reported, %.3f s seen by the probes" % (offset, reported, probed))
+
+
+@pytest.mark.serial
+def test_on_a_busy_engine_the_downtime_is_complete_and_matches_the_probes(shop, compose_stack, images):
+    """30 health-checked containers checking every second: the engine's own history holds about 3 s,
+    so the window is read from its event stream, followed from before the first stop."""
+    busy = compose_stack(testbed.BUSY_ENGINE_COMPOSE.format(busybox=images["BUSYBOX_IMAGE"]))
+    busy.up()
+    events = testbed.EngineEventCount()
+    with events:
+        _result, reported, probed = rolled_back_under_probes(shop)
+    print(
+        "busy engine, %d events: app down %.3f s reported, %.3f s seen by the probes" % (events.count, reported, probed)
+    )
+    assert events.count > testbed.ENGINE_EVENTS_KEPT, "the engine was not busy: %d events" % events.count
+
+
 @pytest.mark.parametrize("target_kind", ["release_id", "git_ref"])
 def test_rollback_to_a_named_release(shop, target_kind):
     git = ["git", "-C", str(shop.dir), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
@@ -139,11 +192,7 @@ def test_a_tag_moved_since_brings_back_the_old_image_and_the_project_directory_k
 def test_target_that_fails_to_start_is_reverted_with_a_report(shop):
     # v1 reads an env file of the host, outside the project; v2 does not. After v2 is deployed,
     # that file drifts (no release can record it) and v1 now crashes on start.
-    host_env = reads_a_host_env_file(shop)
-    shop.deploy("v1")
-    shop.write("row 1")
-    stops_reading_it(shop, host_env)
-    v2 = shop.deploy("v2")
+    host_env, v2 = v1_reading_a_host_env_file_then_v2(shop)
     shop.write("row 2")
     host_env.write_text("APP_CRASH_ON_START=1\n")
 
@@ -182,11 +231,7 @@ def test_target_that_crash_loops_a_few_seconds_after_it_starts_is_reverted_namin
     # as the README's first command runs, the verification must still see it: stable before healthy.
     compose = shop.dir / "compose.yml"
     compose.write_text(compose.read_text().replace("    env_file:\n", "    restart: always\n    env_file:\n", 1))
-    host_env = reads_a_host_env_file(shop)
-    shop.deploy("v1")
-    shop.write("row 1")
-    stops_reading_it(shop, host_env)
-    v2 = shop.deploy("v2")
+    host_env, v2 = v1_reading_a_host_env_file_then_v2(shop)
     host_env.write_text("APP_CRASH_AFTER=3\n")
 
     result = shop.rollback(recreate_health_http=[], recreate_health_timeout=30)
@@ -381,27 +426,21 @@ def dump_load_cut_half_way(container, table="records"):
     holder.stdin.flush()
     assert holder.stdout.readline().strip() == b"held", "could not hold a lock on %s" % table
     # The load empties the database with DROP SCHEMA ... CASCADE in its transaction (see _dump).
-    ended, stop = [], threading.Event()
+    ended = []
     end_waiting_load = (
         "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
         "AND wait_event_type = 'Lock' AND query LIKE '%DROP SCHEMA%'"
     )
 
-    def watch():
-        deadline = time.monotonic() + 300
-        while not stop.is_set() and not ended and time.monotonic() < deadline:
-            out = subprocess.run([*psql, "-c", end_waiting_load], capture_output=True, timeout=30, check=False)
-            out = out.stdout.decode()
-            ended.extend(int(line.split("|")[0]) for line in out.split() if line.endswith("|t"))
-            stop.wait(0.5)
+    def end_a_waiting_load():
+        out = subprocess.run([*psql, "-c", end_waiting_load], capture_output=True, timeout=30, check=False)
+        ended.extend(int(line.split("|")[0]) for line in out.stdout.decode().split() if line.endswith("|t"))
+        return bool(ended)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
     try:
-        yield ended
+        with testbed.repeated(end_a_waiting_load, every=0.5):
+            yield ended
     finally:
-        stop.set()
-        thread.join(timeout=30)
         with contextlib.suppress(OSError):
             holder.stdin.write(b"COMMIT;\n")
             holder.stdin.close()
@@ -618,6 +657,61 @@ def test_deploy_example_rolls_back_by_itself_when_the_new_version_fails(shop):
     assert_ok(third)
     listing = shop.info()
     assert listing["previous"]["id"] == v2 and listing["current"]["version"] == "v3", listing
+
+
+def fail_to_log_in(shop):
+    """One login to the shop's database with a wrong password (PostgreSQL logs it as FATAL)."""
+    wrong = ["psql", "postgresql://postgres:wrong-password@127.0.0.1/shop", "-c", "select 1"]
+    container = "%s-db-1" % shop.stack.name
+    subprocess.run(["docker", "exec", container, *wrong], capture_output=True, timeout=30, check=False)
+
+
+@contextlib.contextmanager
+def a_client_failing_to_log_in(shop, every=0.3, at_most=1000):
+    """A client that keeps trying the shop's database with a wrong password, in the background
+    (bounded: `at_most` tries, one every `every` s), as a misconfigured job does; yields the
+    number of tries so far (a list of one)."""
+    tries = [0]
+
+    def try_once():
+        fail_to_log_in(shop)
+        tries[0] += 1
+        return tries[0] >= at_most
+
+    with testbed.repeated(try_once, every=every):
+        yield tries
+
+
+def wrong_passwords_logged(shop, since):
+    """The database's 'password authentication failed' lines since an epoch time (the host's clock)."""
+    logs = testbed.run(["docker", "logs", "--since", "%.3f" % since, "%s-db-1" % shop.stack.name])
+    return (logs.stdout + logs.stderr).count("password authentication failed")
+
+
+def test_a_client_failing_to_log_in_to_the_database_fails_neither_deploy_nor_rollback(shop):
+    """PostgreSQL logs FATAL for a client's wrong password: an old such line, and a client that
+    keeps failing during the deploy and the rollback, are the client's errors, not the database's."""
+    common = {"shop_dir": str(shop.dir), "shop_health_url": shop.url + "/health"}
+    (shop.dir / ".env").write_text("APP_TAG=v1\nDB_PASSWORD=pw-shop\nAPP_SECRET=s\n")
+    first = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="v1"), inventory=str(shop.inventory))
+    assert_ok(first)
+    shop.write("row 1")
+    before = time.time()
+    fail_to_log_in(shop)
+    assert wrong_passwords_logged(shop, before) == 1, "the old FATAL line was not written"
+    time.sleep(1.5)  # the old line is older than any step that follows
+
+    with a_client_failing_to_log_in(shop) as tries:
+        second = testbed.run_playbook(DEPLOY_EXAMPLE, dict(common, shop_version="v2"), inventory=str(shop.inventory))
+        assert_ok(second)
+        assert shop.info()["current"]["version"] == "v2"
+        rollback_started = time.time()
+        result = shop.rollback(recreate_databases=testbed.SHOP_DATABASES["postgres"])
+        assert_ok(result)
+    assert shop.version() == "v1" and shop.rows() == ["row 1"]
+    assert shop.info()["current"]["version"] == "v1"
+    # The test can fail: the client did fail to log in while the rollback ran, and the log says so.
+    assert tries[0] > 5 and wrong_passwords_logged(shop, rollback_started) > 0, tries
 
 
 def test_fleet_goes_one_host_at_a_time_and_stops_at_the_first_failure(compose_stack, images, tmp_path):

@@ -112,6 +112,7 @@ install_tools() {
     command -v zstd >/dev/null 2>&1 || missing+=(zstd)
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)  # ansible-test sanity
     command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+    command -v faketime >/dev/null 2>&1 || missing+=(faketime)  # a controller whose clock is off the host's
     [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
     [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
     if [ "${#missing[@]}" -gt 0 ]; then

@@ -129,13 +129,34 @@ def summarize(samples):
 
 
 def longest_outage(samples):
-    """Seconds of the longest run of failed requests: from the first failure's start to the start of
-    the next request answered (or the last failure's end), 0.0 when none failed."""
-    longest, since = 0.0, None
-    for sample in sorted(samples, key=lambda x: x.started):
-        if not sample.ok:
-            since = sample.started if since is None else since
-            longest = max(longest, sample.ended - since)
-        elif since is not None:
-            longest, since = max(longest, sample.started - since), None
+    """Seconds of the longest outage the probes saw: from a failed request's start until a request
+    sent at or after it was answered (its answer's arrival), or, with none answered, the last
+    failure's end; 0.0 when none failed. A request sent during the outage that waits until the
+    service is back (queued by the engine's port proxy) is answered late, not early: it does not
+    end the outage before the service answers."""
+    ordered = sorted(samples, key=lambda x: x.started)
+    longest, index = 0.0, 0
+    while index < len(ordered):
+        if ordered[index].ok:
+            index += 1
+            continue
+        begin = ordered[index].started
+        answers = [s.ended for s in ordered[index:] if s.ok]
+        end = min(answers) if answers else max(s.ended for s in ordered[index:])
+        longest = max(longest, end - begin)
+        while index < len(ordered) and (ordered[index].ok or ordered[index].started <= end):
+            index += 1
     return round(longest, 3)
+
+
+def run_under_probes(url, action, rate=50, margin=1.0, max_seconds=150):
+    """action() with `rate` requests/s on url from `margin` s before it to `margin` s after it
+    (bounded: max_seconds in all); returns (its result, the samples)."""
+    load = LoadGenerator(url, rate=rate, max_requests=int(rate * max_seconds), max_seconds=max_seconds).start()
+    try:
+        time.sleep(margin)
+        result = action()
+        time.sleep(margin)
+    finally:
+        samples = load.stop()
+    return result, samples

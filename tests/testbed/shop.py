@@ -28,6 +28,7 @@ class Shop:
         self.port = port
         self.url = "http://127.0.0.1:%d" % port
         self.backups = tmp_path / "backups"
+        self.tmp_path = tmp_path
         self.inventory = tmp_path / "inventory.ini"
         self.inventory.write_text(
             "[shops]\nlocalhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable
@@ -91,10 +92,22 @@ class Shop:
     def variables(self, **variables):
         raise NotImplementedError
 
-    def rollback(self, check=False, diff=False, **variables):
+    def rollback(self, check=False, diff=False, clock_offset=None, **variables):
+        """Run the strategy's playbook; with `clock_offset`, on a controller whose clock is that many
+        seconds off the host's (the managed side, its modules, keeps the host's real clock)."""
         args = ["--diff"] if diff else []
+        inventory = self.inventory
+        if clock_offset is not None:
+            inventory = self.tmp_path / "inventory-real-clock.ini"
+            python = testbed.real_clock_python(self.tmp_path)
+            inventory.write_text("[shops]\nlocalhost ansible_connection=local ansible_python_interpreter=%s\n" % python)
         return testbed.run_playbook(
-            self.playbook, self.variables(**variables), inventory=str(self.inventory), check=check, extra_args=args
+            self.playbook,
+            self.variables(**variables),
+            inventory=str(inventory),
+            check=check,
+            extra_args=args,
+            clock_offset=clock_offset,
         )
 
     def rollback_finishing_an_unfinished_plan(self, release, within, **variables):

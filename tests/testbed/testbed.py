@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -453,12 +454,42 @@ def write_vars(extra_vars, directory=None):
     return path
 
 
+def shifted_clock(seconds):
+    """The command prefix that runs a controller with its clock `seconds` off the host's (libfaketime,
+    from Debian; tests/testbed/docker-host.sh installs it)."""
+    faketime = shutil.which("faketime")
+    assert faketime, "faketime is missing: run make testbed (it installs Debian's faketime) and run again"
+    return [faketime, "-f", "%+ds" % seconds]
+
+
+def real_clock_python(directory):
+    """A Python interpreter for the managed side that runs on the host's real clock: libfaketime's
+    LD_PRELOAD, inherited by every child of a shifted controller, is cleared before Python starts."""
+    wrapper = Path(directory) / "python-on-the-hosts-clock"
+    wrapper.write_text(
+        '#!/bin/sh\nunset LD_PRELOAD FAKETIME FAKETIME_NO_CACHE DONT_FAKE_MONOTONIC\nexec %s "$@"\n' % sys.executable
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def run_playbook(
-    playbook, extra_vars=None, inventory="localhost,", limit=None, check=False, env=None, timeout=1200, extra_args=()
+    playbook,
+    extra_vars=None,
+    inventory="localhost,",
+    limit=None,
+    check=False,
+    env=None,
+    timeout=1200,
+    extra_args=(),
+    clock_offset=None,
 ):
-    """Run ansible-playbook; returns the CompletedProcess (stdout holds the play's output)."""
+    """Run ansible-playbook; returns the CompletedProcess (stdout holds the play's output). With
+    `clock_offset`, the controller's clock runs that many seconds off the host's (shifted_clock)."""
     path = write_vars(extra_vars) if extra_vars else None
     cmd = playbook_command(playbook, path, inventory, limit, check, extra_args)
+    if clock_offset is not None:
+        cmd = shifted_clock(clock_offset) + cmd
     try:
         return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=ansible_env(env))
     finally:
@@ -548,6 +579,43 @@ def have(cmd):
 # The engine keeps its last 256 events only (moby's events buffer); a downtime measured from
 # them is incomplete once more happened since its window opened.
 ENGINE_EVENTS_KEPT = 256
+
+# A busy engine: 30 containers whose health checks run every second, about 90 engine events a
+# second (each check is an exec: create, start, die), so the 256 the engine keeps last 3 s.
+BUSY_ENGINE_COMPOSE = """\
+services:
+  busy:
+    image: {busybox}
+    command: ["sleep", "3600"]
+    scale: 30
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+"""
+
+
+@contextlib.contextmanager
+def repeated(step, every, max_seconds=300):
+    """Run step() in a thread every `every` s while the block runs, until it returns True or
+    max_seconds pass (bounded); the thread is joined when the block ends."""
+    stop = threading.Event()
+
+    def loop():
+        deadline = time.monotonic() + max_seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            if step():
+                return
+            stop.wait(every)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 class EngineEventCount:

@@ -21,7 +21,16 @@ def test_no_failure_is_no_outage():
 def test_the_longest_run_of_failures_counts_to_the_next_answer():
     samples = [sample(0.0), sample(0.1, ok=False), sample(0.2), sample(1.0, ok=False), sample(1.1, ok=False)]
     samples.append(sample(1.6))
-    assert longest_outage(samples) == 0.6
+    assert longest_outage(samples) == 0.65  # from 1.0 to the answer of the request sent at 1.6
+
+
+def test_a_request_queued_through_the_outage_does_not_end_it_early():
+    # Sent at 0.3 during the outage, held by the port proxy, answered at 1.5 once the service is
+    # back; the failures after it (0.4, 0.9) are the same outage, which ends with the answer at 1.05.
+    queued = Sample(0.3, 1.5, 200, "v1")
+    samples = [sample(0.0), sample(0.1, ok=False), queued, sample(0.4, ok=False), sample(0.9, ok=False)]
+    samples.append(sample(1.0))
+    assert longest_outage(samples) == 0.95
 
 
 def test_failures_to_the_end_count_to_the_last_failure_s_end():

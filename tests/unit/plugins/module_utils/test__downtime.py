@@ -9,6 +9,7 @@ from ansible_collections.stackops.rollback.plugins.module_utils._downtime import
     service_windows,
     summarize,
 )
+from ansible_collections.stackops.rollback.plugins.module_utils._events import Record
 
 HEALTHY = "health_status: healthy"
 
@@ -208,3 +209,36 @@ def test_switches_out_of_order_never_count_a_moment_twice():
     switches = [(10.0, "a"), (30.0, "b"), (25.0, "c")]
     # "a" had the traffic until 30: c's time before it served is no downtime.
     assert routed_windows(by_project, switches, ["web"], 10.0, 50.0) == {}
+
+
+def recorded(engine, ready=5.0, ended=None, error=None):
+    """The engine's events as a recorder that followed the stream from `ready` wrote them."""
+    record = Record(ready=ready, ended=ended, why="stopped" if ended else None, error=error)
+    record.events = sorted((e[1], e[2], e[3], e[4], e[0]) for e in engine.events)
+    return record
+
+
+class ForgetfulEngine(FakeEngine):
+    """An engine whose history lost everything (a busy host): only a recorder saw the events."""
+
+    def project_events(self, project, since, until):
+        return [], until
+
+
+def test_measure_from_a_record_is_complete_where_the_engine_lost_the_window():
+    engine = blue_green_engine(green_crash=True)
+    routes = {"services": ["web"], "switches": [(20.0, "shop-green"), (40.0, "shop")]}
+    forgetful = ForgetfulEngine(engine.events, engine.containers)
+    lost = measure(forgetful, "shop", 10.0, 50.0, routes=routes)
+    assert lost["complete"] is False and lost["followed"] is False and "last 256" in lost["gap"]
+    followed = measure(forgetful, "shop", 10.0, 50.0, routes=routes, record=recorded(engine))
+    assert followed["complete"] is True and followed["followed"] is True and "gap" not in followed
+    assert followed["services"]["web"]["windows"] == [{"down": 31.0, "up": 32.0, "seconds": 1.0}]
+
+
+def test_measure_from_a_record_that_broke_says_where():
+    engine = blue_green_engine()
+    broken = measure(engine, "shop", 10.0, 50.0, record=recorded(engine, ended=30.0, error="engine restarted"))
+    assert broken["complete"] is False and "ended 20.000 s before the window closed" in broken["gap"], broken
+    late = measure(engine, "shop", 10.0, 50.0, record=recorded(engine, ready=12.0))
+    assert late["complete"] is False and "ready only 2.000 s after" in late["gap"], late

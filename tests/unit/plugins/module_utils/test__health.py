@@ -120,6 +120,106 @@ def test_default_ignores_pass_over_only_postgresqls_session_endings(line, hit):
     assert (check.scan(line) is not None) == hit
 
 
+PG = "2026-12-06 05:33:58.627 UTC [27] "
+
+
+@pytest.mark.parametrize(
+    ("line", "database", "hit"),
+    [
+        # A client's own error, in a database's log: no verdict on the server.
+        (PG + 'FATAL:  password authentication failed for user "shop"', "postgres", False),
+        (PG + 'FATAL:  database "shpo" does not exist', "postgres", False),
+        (PG + 'FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "x", database "shop"', "postgres", False),
+        (PG + "FATAL:  canceling authentication due to timeout", "postgres", False),
+        # The server's own failures still fail it.
+        (PG + 'FATAL:  could not open file "base/1/2": No such file', "postgres", True),
+        (PG + "PANIC:  could not write to file pg_wal/xlogtemp.27: No space left on device", "postgres", True),
+        (PG + "FATAL:  sorry, too many clients already", "postgres", True),
+        # The same words in an application's log: it cannot reach its database.
+        ('sqlalchemy.exc.OperationalError: FATAL:  password authentication failed for user "shop"', None, True),
+    ],
+)
+def test_a_database_passes_over_its_clients_errors_only(line, database, hit):
+    check = _health.LogCheck("db", _health.DEFAULT_FAIL_PATTERNS, _health.DEFAULT_IGNORE_PATTERNS)
+    assert (check.scan(line, database) is not None) == hit
+
+
+@pytest.mark.parametrize(
+    ("image", "engine"),
+    [
+        ("postgres:16", "postgres"),
+        ("127.0.0.1:5000/stackops/postgres@sha256:" + "a" * 64, "postgres"),
+        ("docker.io/library/mariadb:11", "mariadb"),
+        ("mysql", "mysql"),
+        ("ghcr.io/acme/shop:v1", None),
+        ("acme/postgres-exporter-app", "postgres"),
+        (None, None),
+    ],
+)
+def test_database_engine_of_an_image(image, engine):
+    assert _health.database_engine_of(image) == engine
+
+
+class LogEngine:
+    """Logs of one container, and the `since` each read asked for."""
+
+    def __init__(self, text, image="app:v1"):
+        self.text, self.image, self.asked = text, image, []
+
+    def logs(self, container, since=None, tail=None):
+        self.asked.append(since)
+        return self.text
+
+
+class LogContainer:
+    def __init__(self, image):
+        self.attrs = {"Config": {"Image": image}, "State": {"StartedAt": "2026-11-24T20:41:00Z"}}
+
+
+def log_params(**logs):
+    return {
+        "logs": dict({"enabled": True, "fail_patterns": None, "ignore_patterns": None}, **logs),
+        "http": [],
+        "exec": [],
+        "allow_exited": [],
+        "timeout": 1,
+        "interval": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("logs", "expected_since"),
+    [({}, 1795552900.0), ({"since": 1795552880.0}, 1795552880.0), ({"whole_run": True, "since": 1.0}, None)],
+    ids=["from-the-module-start", "from-a-given-step", "the-whole-run"],
+)
+def test_the_log_scan_starts_at_the_step_by_default(logs, expected_since):
+    health = _health.ProjectHealth(log_params(**logs), engine=None, clock=lambda: 1795552900.0)
+    check = health.waiter("shop", ["app"]).log_checks[0]
+    engine = LogEngine("")
+    check.evaluate(engine, [LogContainer("app:v1")])
+    if expected_since is None:
+        # The current run's start: just before its StartedAt.
+        assert engine.asked == [None] or engine.asked[0] < 1795552900.0
+        assert check.since is None
+    else:
+        assert check.since == expected_since and engine.asked == [expected_since]
+
+
+def test_a_database_service_recognized_by_its_image_passes_over_a_wrong_password():
+    check = _health.LogCheck("db", _health.DEFAULT_FAIL_PATTERNS, _health.DEFAULT_IGNORE_PATTERNS, since=0.0)
+    line = "2026-12-06T05:33:58.627Z " + PG + 'FATAL:  password authentication failed for user "shop"'
+    assert check.evaluate(LogEngine(line), [LogContainer("reg:5000/stackops/postgres:16")]).status == "passed"
+    assert check.evaluate(LogEngine(line), [LogContainer("acme/shop:v1")]).status == "failed"
+
+
+def test_an_unknown_database_engine_is_refused_naming_it():
+    params = dict(
+        log_params(databases={"db": "oracle"}), project_src=None, files=None, project_name="shop", services=["db"]
+    )
+    with pytest.raises(_health.HealthInputError, match=r"db: oracle.*postgres, mariadb, mysql"):
+        _health.ProjectHealth(params, engine=None).project_and_services()
+
+
 def test_docker_time():
     assert _health.parse_docker_time("0001-01-01T00:00:00Z") is None
     assert _health.parse_docker_time("2026-11-24T20:41:00.5Z") == pytest.approx(1795552860.5)
