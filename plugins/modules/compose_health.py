@@ -204,9 +204,12 @@ options:
         type: str
   downtime_since:
     description:
-      - An epoch time (seconds, as C(now().timestamp()) gives it) from which to measure each service's
-        downtime from the engine's events, returned as RV(downtime). Set it just before the first step
-        that stops anything (a backup's stop, a swap).
+      - An epoch time (seconds) from which to measure each service's downtime from the engine's events,
+        returned as RV(downtime). Set it just before the first step that stops anything (a backup's stop,
+        a swap).
+      - It must be read on the managed host, as the engine's events are timed there -
+        RV(stackops.rollback.engine_events#module:host_time) or RV(stackops.rollback.rollback_lock#module:host_time),
+        never the controller's C(now()), whose clock may be seconds off.
     type: float
   downtime_record:
     description:
