@@ -93,6 +93,11 @@ class ComposeError(EngineError):
         self.cmd = cmd
 
 
+# The engine's answer to a disk usage read while another one runs, and how long to wait for it.
+DISK_USAGE_BUSY = "a disk usage operation is already running"
+DISK_USAGE_WAIT = 120.0
+
+
 def docker_host_of(params):
     return params.get("docker_host") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
@@ -399,10 +404,22 @@ class Engine:
                     found.append(self.client.containers.get(container_id))
         return found
 
-    def volume_sizes(self):
-        """{volume name: bytes} as the engine's disk usage counts them (-1 when it does not know)."""
-        with self._errors("reading the engine's disk usage"):
-            volumes = self.client.df().get("Volumes") or []
+    def volume_sizes(self, clock=time.monotonic, sleep=time.sleep):
+        """{volume name: bytes} as the engine's disk usage counts them (-1 when it does not know).
+
+        The engine computes one disk usage at a time and refuses a second meanwhile: two rollbacks
+        on one host (two projects, or a fleet's batch of hosts sharing an engine) wait their turn.
+        """
+        deadline = clock() + DISK_USAGE_WAIT
+        while True:
+            try:
+                with self._errors("reading the engine's disk usage"):
+                    volumes = self.client.df().get("Volumes") or []
+                break
+            except EngineError as exc:
+                if DISK_USAGE_BUSY not in str(exc) or clock() >= deadline:
+                    raise
+                sleep(0.5)
         return {v.get("Name"): int((v.get("UsageData") or {}).get("Size", -1)) for v in volumes}
 
     def create_container(self, image, **options):

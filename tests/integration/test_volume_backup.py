@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -304,6 +305,30 @@ def test_project_backs_up_every_volume(compose_stack, images, tmp_path):
     stack.up(wait=False)
     result = testbed.run_module("volume_backup", dict(project=stack.name, dest=str(tmp_path)))
     assert sorted(b["volume"] for b in result["backups"]) == sorted([stack.volume("one"), stack.volume("two")])
+
+
+def test_a_disk_usage_read_waits_while_another_runs_on_the_engine(compose_stack, images, tmp_path):
+    """The engine computes one disk usage at a time ("a disk usage operation is already running"):
+    two rollbacks on one host measure their volumes at the same time. Here `docker system df` runs
+    back to back (bounded) while the module measures the project's volumes, three times."""
+    stack = compose_stack(
+        "services:\n  s:\n    image: {bb}\n    command: [sleep, '600']\n    volumes: [one:/one]\n"
+        "volumes:\n  one:\n".format(bb=images["BUSYBOX_IMAGE"])
+    )
+    stack.up(wait=False)
+    collisions = []
+
+    def another_df():
+        out = subprocess.run(["docker", "system", "df"], capture_output=True, text=True, timeout=30, check=False)
+        collisions.extend(["busy"] if "already running" in out.stderr else [])
+        return False
+
+    with testbed.repeated(another_df, every=0.0, max_seconds=120):
+        for _attempt in range(3):
+            result = testbed.run_module("volume_backup", dict(project=stack.name, dest=str(tmp_path)), check=True)
+            assert not result.get("failed"), result
+    # The test can fail: the engine did turn away concurrent reads while it ran.
+    assert collisions, "no disk usage read collided: the test proved nothing"
 
 
 # -- bad input: a clear error and nothing changed -----------------------------------------

@@ -145,3 +145,53 @@ def test_containers_binding_a_directory_are_those_whose_bind_mounts_overlap_it()
         api=types.SimpleNamespace(containers=lambda all=False: summaries), containers=types.SimpleNamespace(get=get)
     )
     assert gateway.containers_binding("/srv/shop/pgdata") == ["db", "all", "thumbs"]
+
+
+class BusyResponse:
+    status_code = 500
+    reason = "Internal Server Error"
+    url = "http+docker://localhost/v1.43/system/df"
+
+    def json(self):
+        return {"message": "a disk usage operation is already running"}
+
+
+def engine_whose_df_answers(answers):
+    """An Engine whose client's df() raises or returns each of `answers` in turn."""
+    calls = []
+
+    def df():
+        calls.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    gateway = _docker.Engine(types.SimpleNamespace(params={}))
+    gateway._client = types.SimpleNamespace(df=df)
+    return gateway, calls
+
+
+def busy():
+    return docker_errors.APIError(
+        "500 Server Error", response=BusyResponse(), explanation=BusyResponse().json()["message"]
+    )
+
+
+def test_a_disk_usage_read_waits_for_the_one_another_rollback_runs():
+    usage = {"Volumes": [{"Name": "shop_db", "UsageData": {"Size": 42}}]}
+    gateway, calls = engine_whose_df_answers([busy(), busy(), usage])
+    slept = []
+    assert gateway.volume_sizes(sleep=slept.append) == {"shop_db": 42}
+    assert len(calls) == 3 and slept == [0.5, 0.5]
+
+
+def test_a_disk_usage_read_still_busy_at_the_deadline_fails_saying_so():
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += 60.0
+
+    gateway, _calls = engine_whose_df_answers([busy()] * 5)
+    with pytest.raises(_docker.EngineError, match="a disk usage operation is already running"):
+        gateway.volume_sizes(clock=lambda: now[0], sleep=sleep)
