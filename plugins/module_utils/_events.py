@@ -103,11 +103,8 @@ class Record:
         return record
 
     def covers(self, since, until):
-        """Whether the recorder followed the stream over the whole window: ready before it opened,
-        not ended (or ended by its stop) before it closed."""
-        if self.ready is None or self.ready > since:
-            return False
-        return self.ended is None or (self.ended >= until and not self.error)
+        """Whether the recorder followed the stream over the whole window (gap() says why not)."""
+        return self.gap(since, until) is None
 
     def project_events(self, project, since, until):
         """(time, container id, service, action) of one project within the window, oldest first."""

@@ -65,6 +65,10 @@ DATABASE_CLIENT_ERRORS = {
     ],
 }
 DATABASE_CLIENT_ERRORS["mysql"] = DATABASE_CLIENT_ERRORS["mariadb"]
+# Compiled once: a log check scans every container's log on every round.
+_CLIENT_ERRORS_COMPILED = {
+    engine: [re.compile(p) for p in patterns] for engine, patterns in DATABASE_CLIENT_ERRORS.items()
+}
 # A database image recognized by its repository's last name, when the caller declares none.
 DATABASE_IMAGES = (
     ("postgres", re.compile(r"^(?:postgres|postgis|timescaledb)")),
@@ -339,7 +343,7 @@ class LogCheck:
         self.database = database
 
     def scan(self, text, database=None):
-        ignore = self.ignore + [re.compile(p) for p in DATABASE_CLIENT_ERRORS.get(database or "", [])]
+        ignore = self.ignore + _CLIENT_ERRORS_COMPILED.get(database or "", [])
         for line in text.splitlines():
             if any(p.search(line) for p in self.fail) and not any(p.search(line) for p in ignore):
                 return line.strip()
