@@ -192,6 +192,32 @@ def stop_recorder(path, kill=os.kill, clock=time.monotonic, sleep=time.sleep, wa
     return record
 
 
+def stale_records(directory):
+    """The event records in a project's ledger directory, oldest first. Recorders start under the
+    project's lock, so when a run starts one, any record already there is a killed run's, whose
+    recorder may follow the engine until its time limit."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(
+        os.path.join(directory, name) for name in names if name.startswith("events-") and name.endswith(".jsonl")
+    )
+
+
+def stop_stale_recorders(directory, stop=stop_recorder, remove=os.unlink):
+    """Stop the recorders of stale_records and remove their files; the paths removed."""
+    stopped = []
+    for path in stale_records(directory):
+        try:
+            stop(path)
+            remove(path)
+        except (OSError, RecorderError):
+            continue  # gone meanwhile, or unreadable: the next start tries again
+        stopped.append(path)
+    return stopped
+
+
 def is_recorder_of(pid, path):
     """Whether process pid is a recorder writing path (its command line names it): a pid reused by
     another process after the recorder ended is left alone."""

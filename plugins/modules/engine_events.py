@@ -19,7 +19,8 @@ description:
     runs a few dozen health-checked containers a window read back afterwards has lost its stops
     within seconds. A subscription to the stream loses nothing, however busy the engine is.
   - The recorder runs in a session of its own, so that it outlives this module; O(state=stopped)
-    stops it and removes its file.
+    stops it and removes its file. A recorder left running by a killed run is stopped when the next
+    one starts on the project (RV(stale_stopped)).
   - RV(host_time) is the managed host's clock when the recorder was following the stream; a
     downtime window opened there is complete.
 author:
@@ -107,6 +108,14 @@ events:
   description: With O(state=stopped), how many events the recorder wrote.
   returned: when state is stopped
   type: int
+stale_stopped:
+  description:
+    - With O(state=recording), the records of recorders a killed run left behind, stopped and
+      removed before the new one started (in check mode, those it would stop). Recorders start
+      under the project's lock, so a record already there is no other run's.
+  returned: when state is recording
+  type: list
+  elements: str
 ended:
   description: With O(state=stopped), why the recorder ended (V(stopped), its time limit, or a broken stream).
   returned: when state is stopped
@@ -118,7 +127,12 @@ import secrets
 import time
 
 from ansible_collections.stackops.rollback.plugins.module_utils._docker import EngineError, docker_module
-from ansible_collections.stackops.rollback.plugins.module_utils._events import RecorderError, stop_recorder
+from ansible_collections.stackops.rollback.plugins.module_utils._events import (
+    RecorderError,
+    stale_records,
+    stop_recorder,
+    stop_stale_recorders,
+)
 from ansible_collections.stackops.rollback.plugins.module_utils._ledger import DEFAULT_LEDGER_DIR, Ledger, LedgerError
 
 
@@ -158,15 +172,16 @@ def main():
         module.fail_json(msg="max_seconds is %d: give 1 or more; nothing was started" % p["max_seconds"])
     path = record_path(ledger, time.time(), secrets.token_hex(3))
     if module.check_mode:
-        module.exit_json(changed=True, record=path)
+        module.exit_json(changed=True, record=path, stale_stopped=stale_records(ledger.dir))
     try:
         ledger.ensure_dirs()
+        stale = stop_stale_recorders(ledger.dir)
         started = engine.start_event_recorder(path, p["projects"] or [p["project"]], p["max_seconds"])
     except (RecorderError, EngineError) as exc:
         if os.path.exists(path):
             os.unlink(path)
         module.fail_json(msg="%s; no recorder runs" % exc)
-    module.exit_json(changed=True, record=path, host_time=started.ready, pid=started.pid)
+    module.exit_json(changed=True, record=path, host_time=started.ready, pid=started.pid, stale_stopped=stale)
 
 
 if __name__ == "__main__":

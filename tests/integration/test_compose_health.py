@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 import testbed
@@ -339,3 +340,34 @@ def test_engine_events_follows_the_stream_and_the_downtime_is_read_from_it(compo
         "engine_events", dict(project=stack.name, ledger_dir=ledger, state="stopped", record="/etc/passwd")
     )
     assert refused["failed"] and "is not an event record of project" in refused["msg"], refused
+
+
+def records(pid, path):
+    """Whether process pid runs and names path on its command line (a zombie names nothing)."""
+    try:
+        return path.encode() in Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def test_a_killed_runs_recorder_is_stopped_when_the_next_run_starts_one(compose_stack, images, tmp_path):
+    """A run killed before its `always` leaves its recorder following the engine (up to max_seconds):
+    the next recorder started on the project stops it and removes its record."""
+    stack = worker_stack(compose_stack, images, '["sleep", "3600"]')
+    stack.up(wait=False)
+    ledger = str(tmp_path / "ledger")
+    left = testbed.run_module("engine_events", dict(project=stack.name, ledger_dir=ledger))
+    assert not left.get("failed"), left
+    assert records(left["pid"], left["record"]), "the first recorder is not running"
+    planned = testbed.run_module("engine_events", dict(project=stack.name, ledger_dir=ledger), check=True)
+    assert planned["stale_stopped"] == [left["record"]] and Path(left["record"]).exists(), planned
+    following = testbed.run_module("engine_events", dict(project=stack.name, ledger_dir=ledger))
+    try:
+        assert following["stale_stopped"] == [left["record"]], following
+        assert not Path(left["record"]).exists()
+        testbed.wait_for(lambda: not records(left["pid"], left["record"]), 5, "the stale recorder to end")
+        assert records(following["pid"], following["record"]) and Path(following["record"]).exists()
+    finally:
+        testbed.run_module(
+            "engine_events", dict(project=stack.name, ledger_dir=ledger, state="stopped", record=following["record"])
+        )

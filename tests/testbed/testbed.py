@@ -189,16 +189,23 @@ def _port_range():
     return 12000 + index * size, 12000 + (index + 1) * size
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    """A port on 127.0.0.1 nothing listens on, from this worker's own range."""
+    """A port on 127.0.0.1 nothing listens on, from this worker's own range, and never one this
+    process handed out before (a test that takes several before it binds any gets different ones)."""
     low, high = _port_range()
     for _attempt in range(200):
         port = random.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port on 127.0.0.1 in %d-%d after 200 tries" % (low, high))
 
@@ -435,11 +442,13 @@ def run_module(module, args, check=False, diff=False, env=None, timeout=600, con
         ) from exc
 
 
-def playbook_command(playbook, extra_vars_file=None, inventory="localhost,", limit=None, check=False, extra_args=()):
+def playbook_command(playbook, extra_vars_file=None, inventory="localhost,", limit="all", check=False, extra_args=()):
+    """The command line; `limit` chooses the hosts (the rollback playbooks refuse to run without a
+    choice), unless extra_args carry a -l of their own or limit is None."""
     cmd = [str(VENV_BIN / "ansible-playbook"), "-i", inventory, str(playbook)]
     if extra_vars_file:
         cmd += ["-e", "@" + str(extra_vars_file)]
-    if limit:
+    if limit and not {"-l", "--limit"} & set(extra_args) and not any(a.startswith("--limit=") for a in extra_args):
         cmd += ["--limit", limit]
     if check:
         cmd.append("--check")
@@ -477,7 +486,7 @@ def run_playbook(
     playbook,
     extra_vars=None,
     inventory="localhost,",
-    limit=None,
+    limit="all",
     check=False,
     env=None,
     timeout=1200,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 
@@ -153,3 +154,21 @@ def test_a_recorder_that_cannot_reach_the_engine_says_why(tmp_path, monkeypatch)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "sdk"))
     with pytest.raises(_events.RecorderError, match="no engine here"):
         _events.start_recorder("unix:///nowhere.sock", str(tmp_path / "events-1-c.jsonl"), ["shop"], 60)
+
+
+def test_a_killed_runs_recorders_are_stopped_and_their_records_removed(tmp_path):
+    for name in ("events-2-bb.jsonl", "events-1-aa.jsonl", "events-3-cc.jsonl", "lock", "events-notes.txt"):
+        (tmp_path / name).write_text("{}\n")
+    stopped = []
+
+    def stop(path):
+        stopped.append(os.path.basename(path))
+        if "cc" in path:
+            raise _events.RecorderError("unreadable")
+
+    removed = _events.stop_stale_recorders(str(tmp_path), stop=stop)
+    assert stopped == ["events-1-aa.jsonl", "events-2-bb.jsonl", "events-3-cc.jsonl"]
+    assert [os.path.basename(p) for p in removed] == ["events-1-aa.jsonl", "events-2-bb.jsonl"]
+    # The unreadable one is left for the next start; files that are no records are never touched.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events-3-cc.jsonl", "events-notes.txt", "lock"]
+    assert _events.stop_stale_recorders(str(tmp_path / "no-such-project")) == []

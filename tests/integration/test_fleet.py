@@ -1,0 +1,230 @@
+"""A fleet rollback (playbooks/fleet.yml, through playbooks/rollback_recreate.yml): five inventory
+hosts, each its own compose project (the app) on the test bed's engine, with a ledger of the
+test's own. Reaching other machines over SSH is the fleet's part 3."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import sys
+
+import pytest
+import testbed
+
+PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
+HOSTS = ["web1", "web2", "web3", "web4", "web5"]
+
+# v1 reads an env file of the host, outside the project (no release can record it): a test makes
+# one host's v1 drift through it. v2 reads one of its own instead, so the way back is unaffected.
+FLEET_HOST = """\
+services:
+  app:
+    image: {app}:${{APP_TAG}}
+    env_file:
+      - path: {env_file}
+        required: false
+    ports:
+      - "127.0.0.1:{port}:8080"
+"""
+
+
+class FleetHost:
+    def __init__(self, name, stack, port, ledger, app_image):
+        self.name, self.stack, self.port, self.ledger, self.app_image = name, stack, port, ledger, app_image
+        self.url = "http://127.0.0.1:%d" % port
+        self.host_env = stack.dir.parent / (stack.name + "-host.env")
+        self.host_env.write_text("APP_CRASH_ON_START=0\n")
+
+    def deploy(self, tag, env_file):
+        self.stack.write(FLEET_HOST.format(app=self.app_image, env_file=env_file, port=self.port))
+        (self.stack.dir / ".env").write_text("APP_TAG=%s\n" % tag)
+        self.stack.up()
+        testbed.wait_http(self.url + "/version", body_contains=tag)
+        result = testbed.run_module(
+            "compose_release",
+            dict(
+                project_src=str(self.stack.dir), project_name=self.stack.name, version=tag, ledger_dir=str(self.ledger)
+            ),
+        )
+        assert not result.get("failed"), result
+
+    def deploy_v1_then_v2(self):
+        self.deploy("v1", str(self.host_env))
+        self.deploy("v2", "./app-v2-extra.env")
+
+    def version(self):
+        return testbed.http_get(self.url + "/version")[1].strip()
+
+    def container(self):
+        return self.stack.container_id("app")
+
+    def inventory_line(self, tmp_path, extra=""):
+        return "%s ansible_connection=local ansible_python_interpreter=%s recreate_project_src=%s %s\n" % (
+            self.name,
+            sys.executable,
+            self.stack.dir,
+            " ".join(
+                [
+                    "recreate_project_name=%s" % self.stack.name,
+                    "recreate_ledger_dir=%s" % self.ledger,
+                    "recreate_backup_dir=%s" % (tmp_path / "backups" / self.name),
+                    extra,
+                ]
+            ),
+        )
+
+
+def write_inventory(path, hosts, extra=None):
+    """The group `web` of the hosts; `extra` adds inventory variables to some of them."""
+    path.write_text("[web]\n" + "".join(h.inventory_line(path.parent, (extra or {}).get(h.name, "")) for h in hosts))
+    return path
+
+
+@pytest.fixture
+def fleet(compose_stack, images, free_port, tmp_path):
+    """Five hosts on v2 (v1 before it), deployed side by side, in an inventory group `web`."""
+    ledger = tmp_path / "ledger"
+    hosts = [
+        FleetHost(name, compose_stack(FLEET_HOST, prefix="st-fleet"), free_port(), ledger, images["APP_IMAGE"])
+        for name in HOSTS
+    ]
+    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+        list(pool.map(FleetHost.deploy_v1_then_v2, hosts))
+    return dict(zip(HOSTS, hosts)), write_inventory(tmp_path / "fleet.ini", hosts)
+
+
+def roll_back(inventory, tmp_path, **settings):
+    extra = dict(
+        {
+            "recreate_health_timeout": 15,
+            "recreate_health_min_uptime": 1,
+            "rollback_report_dir": str(tmp_path / "reports"),
+        },
+        **settings,
+    )
+    return testbed.run_playbook(
+        PLAYBOOK,
+        extra,
+        inventory=str(inventory),
+        extra_args=["-l", "web"],
+        env={"ANSIBLE_SHOW_CUSTOM_STATS": "1"},
+    )
+
+
+def printed_table(stdout):
+    """The lines of the fleet table the playbook printed (its debug message, a list of lines)."""
+    section = stdout.split("TASK [Show the fleet's outcome, host by host]")[1].split("TASK [")[0]
+    lines = [line.strip().rstrip(",") for line in section.splitlines()]
+    return [json.loads(line) for line in lines if line.startswith('"') and not line.startswith('"msg"')]
+
+
+def the_report(tmp_path, stdout):
+    """The newest report's JSON and Markdown, checked against the printed table and the job's stats."""
+    reports = sorted((tmp_path / "reports").glob("recreate-*.json"))
+    assert reports, "no report written under %s" % (tmp_path / "reports")
+    document = json.loads(reports[-1].read_text())
+    markdown = reports[-1].with_suffix(".md").read_text()
+    assert oct(reports[-1].stat().st_mode & 0o777) == "0o600"
+    table = printed_table(stdout)
+    # One row per host, in the inventory's order, the same cells in the printout and in Markdown.
+    assert [row["host"] for row in document["hosts"]] == HOSTS
+    assert len(table) == 2 + len(HOSTS) and table[-1] == document["summary"]
+    markdown_rows = [line for line in markdown.splitlines() if line.startswith("| web")]
+    for printed, md in zip(table[1:-1], markdown_rows):
+        assert printed.split() == md.strip("| ").replace(" | ", " ").split()
+    assert document["summary"] in markdown
+    # set_stats carried the same report (ansible-playbook prints the job's custom stats).
+    stats = stdout.split("CUSTOM STATS:")[1]
+    assert "rollback_report" in stats and document["summary"] in stats
+    return document
+
+
+def statuses(document):
+    return [(row["host"], row.get("batch"), row["status"]) for row in document["hosts"]]
+
+
+def test_a_failure_in_the_second_batch_halts_the_fleet_and_the_same_command_then_finishes_it(fleet, tmp_path):
+    hosts, inventory = fleet
+    # web3, first of the second batch (web3, web4), runs a v1 that crashes at start: drifted.
+    hosts["web3"].host_env.write_text("APP_CRASH_ON_START=1\n")
+    untouched = hosts["web5"].container()
+
+    halted = roll_back(inventory, tmp_path, rollback_batch=2)
+    assert halted.returncode != 0, halted.stdout[-4000:]
+    assert "FAILED at step 'start'" in halted.stdout
+    assert "Halted: web3 failed or went unreachable, so batch 3 (web5)" in halted.stdout
+    assert [hosts[h].version() for h in HOSTS] == ["v1", "v1", "v2", "v1", "v2"]
+    assert hosts["web5"].container() == untouched, "web5, in the batch after the failure, was touched"
+    document = the_report(tmp_path, halted.stdout)
+    assert statuses(document) == [
+        ("web1", 1, "rolled_back"),
+        ("web2", 1, "rolled_back"),
+        ("web3", 2, "reverted"),
+        ("web4", 2, "rolled_back"),
+        ("web5", 3, "not_started"),
+    ]
+    web3 = document["hosts"][2]
+    assert web3["failed_step"] == "start" and "FAILED at step 'start'" in web3["reason"]
+    assert document["summary"] == (
+        "Halted: web3 FAILED, put back at step 'start'. On their target: web1, web2, web4. "
+        "Not started, unchanged: web5."
+    )
+
+    # The drift fixed, the same command again: the hosts already on the target are left alone.
+    hosts["web3"].host_env.write_text("APP_CRASH_ON_START=0\n")
+    done = {h: hosts[h].container() for h in ("web1", "web2", "web4")}
+    resumed = roll_back(inventory, tmp_path, rollback_batch=2)
+    assert resumed.returncode == 0, resumed.stdout[-6000:] + resumed.stderr[-2000:]
+    assert [hosts[h].version() for h in HOSTS] == ["v1"] * 5
+    assert {h: hosts[h].container() for h in done} == done, "a host already on the target was recreated"
+    assert [row["status"] for row in the_report(tmp_path, resumed.stdout)["hosts"]] == [
+        "already_on_target",
+        "already_on_target",
+        "rolled_back",
+        "already_on_target",
+        "rolled_back",
+    ]
+
+
+@pytest.mark.parametrize("batch, failing", [(1, "web2"), ("50%", "web3")], ids=["one", "half"])
+def test_a_failure_in_verification_halts_before_the_next_batch_whatever_its_size(fleet, tmp_path, batch, failing):
+    hosts, inventory = fleet
+    # The failing host's own HTTP check passes on v2 only: its v1 starts and is caught in the
+    # verification, and the way back to v2 verifies.
+    check = "[{'url': 'http://127.0.0.1:%d/version', 'body_regex': '^v2'}]" % hosts[failing].port
+    write_inventory(inventory, hosts.values(), {failing: 'recreate_health_http="%s"' % check})
+    later = HOSTS[HOSTS.index(failing) + (1 if batch == 1 else 2) :]
+    before = {h: hosts[h].container() for h in later}
+
+    halted = roll_back(inventory, tmp_path, rollback_batch=batch)
+    assert halted.returncode != 0, halted.stdout[-4000:]
+    document = the_report(tmp_path, halted.stdout)
+    failed = next(row for row in document["hosts"] if row["host"] == failing)
+    assert (failed["status"], failed["failed_step"]) == ("reverted", "verify"), failed
+    assert hosts[failing].version() == "v2", "the failing host was not put back"
+    assert {h: hosts[h].container() for h in later} == before, "a later batch was touched"
+    assert [row["host"] for row in document["hosts"] if row["status"] == "not_started"] == later
+    assert all(hosts[h].version() == "v1" for h in HOSTS if h not in later and h != failing)
+
+
+def test_an_unreachable_host_halts_the_fleet_and_is_reported(tmp_path):
+    """A host whose SSH does not answer (nothing listens on 127.0.0.1:9): the next host is not started."""
+    inventory = tmp_path / "fleet.ini"
+    inventory.write_text(
+        "[web]\n"
+        "gone ansible_host=127.0.0.1 ansible_port=9 ansible_connection=ssh "
+        "ansible_ssh_common_args='-o ConnectTimeout=3' recreate_project_src=/srv/gone\n"
+        "web2 ansible_connection=local ansible_python_interpreter=%s recreate_project_src=%s recreate_ledger_dir=%s\n"
+        % (sys.executable, tmp_path / "web2", tmp_path / "ledger")
+    )
+    result = roll_back(inventory, tmp_path)
+    assert result.returncode != 0, result.stdout[-4000:]
+    assert "UNREACHABLE" in result.stdout
+    assert "Halted: gone failed or went unreachable, so batch 2 (web2)" in result.stdout
+    reports = sorted((tmp_path / "reports").glob("recreate-*.json"))
+    document = json.loads(reports[-1].read_text())
+    assert [(row["host"], row["status"]) for row in document["hosts"]] == [
+        ("gone", "unreachable"),
+        ("web2", "not_started"),
+    ]
+    assert not (tmp_path / "ledger").exists(), "web2 was touched"
