@@ -34,6 +34,10 @@ options:
     description: A Markdown document instead of the text table.
     type: bool
     default: false
+  check_mode:
+    description: The run was in check mode; the summary says nothing was changed, and who would fail.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -58,10 +62,10 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.stackops.rollback.plugins.module_utils._fleet import report
 
 
-def fleet_report(rows, strategy="rollback", markdown=False):
+def fleet_report(rows, strategy="rollback", markdown=False, check_mode=False):
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise AnsibleFilterError("fleet_report takes a list of rows (dictionaries), got %r" % (rows,))
-    return report(rows, strategy, markdown=markdown)
+    return report(rows, strategy, markdown=markdown, check_mode=check_mode)
 
 
 class FilterModule:

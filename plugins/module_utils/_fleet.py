@@ -111,27 +111,18 @@ def markdown_table(rows):
     return "\n".join([line(COLUMNS), "|" + "---|" * len(COLUMNS)] + [line(cells(row)) for row in rows])
 
 
-def summary(rows):
+def summary(rows, check_mode=False):
     """One sentence: how the fleet ended, who failed and why, who was left where."""
     failed = [r for r in rows if r.get("status") in FAILED]
     done = [r["host"] for r in rows if r.get("status") in DONE]
     untouched = [r["host"] for r in rows if r.get("status", "not_started") == "not_started"]
-    if not failed:
-        if any(r.get("status") == "planned" for r in rows):
-            return "Check mode: nothing was changed on any host."
-        return "Every host is on its target (%d host%s)." % (len(done), "" if len(done) == 1 else "s")
-    parts = [
-        "Halted: %s."
-        % "; ".join(
-            "%s %s%s"
-            % (
-                r["host"],
-                STATUS_WORDS[r["status"]],
-                " at step '%s'" % r["failed_step"] if r.get("failed_step") else "",
-            )
-            for r in failed
+    if check_mode:
+        return "Check mode: nothing was changed on any host." + (
+            " Would fail: %s." % "; ".join(_failures(failed)) if failed else ""
         )
-    ]
+    if not failed:
+        return "Every host is on its target (%d host%s)." % (len(done), "" if len(done) == 1 else "s")
+    parts = ["Halted: %s." % "; ".join(_failures(failed))]
     if done:
         parts.append("On their target: %s." % ", ".join(done))
     if untouched:
@@ -139,14 +130,22 @@ def summary(rows):
     return " ".join(parts)
 
 
-def report(rows, strategy, markdown=False):
+def _failures(failed):
+    return [
+        "%s %s%s"
+        % (r["host"], STATUS_WORDS[r["status"]], " at step '%s'" % r["failed_step"] if r.get("failed_step") else "")
+        for r in failed
+    ]
+
+
+def report(rows, strategy, markdown=False, check_mode=False):
     """The whole report as text (the table and the summary) or as a Markdown document."""
     if not markdown:
-        return text_table(rows) + "\n" + summary(rows)
+        return text_table(rows) + "\n" + summary(rows, check_mode)
     reasons = ["- **%s**: %s" % (r["host"], r["reason"]) for r in rows if r.get("reason")]
     return (
         "\n".join(
-            ["# Fleet rollback (%s)" % strategy, "", markdown_table(rows), "", summary(rows)]
+            ["# Fleet rollback (%s)" % strategy, "", markdown_table(rows), "", summary(rows, check_mode)]
             + (["", "## Why", "", *reasons] if reasons else [])
         )
         + "\n"

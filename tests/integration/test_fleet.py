@@ -5,13 +5,19 @@ test's own. Reaching other machines over SSH is the fleet's part 3."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import hashlib
 import json
+import shutil
 import sys
 
 import pytest
 import testbed
+from proxy import HostCaddy, host_migrates_queued_connections
+from shop import LEDGER, BlueGreenShop
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
+BLUE_GREEN = testbed.REPO_ROOT / "playbooks" / "rollback_blue_green.yml"
 HOSTS = ["web1", "web2", "web3", "web4", "web5"]
 
 # v1 reads an env file of the host, outside the project (no release can record it): a test makes
@@ -186,45 +192,144 @@ def test_a_failure_in_the_second_batch_halts_the_fleet_and_the_same_command_then
     ]
 
 
-@pytest.mark.parametrize("batch, failing", [(1, "web2"), ("50%", "web3")], ids=["one", "half"])
-def test_a_failure_in_verification_halts_before_the_next_batch_whatever_its_size(fleet, tmp_path, batch, failing):
+def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half(fleet, tmp_path):
     hosts, inventory = fleet
-    # The failing host's own HTTP check passes on v2 only: its v1 starts and is caught in the
-    # verification, and the way back to v2 verifies.
-    check = "[{'url': 'http://127.0.0.1:%d/version', 'body_regex': '^v2'}]" % hosts[failing].port
-    write_inventory(inventory, hosts.values(), {failing: 'recreate_health_http="%s"' % check})
-    later = HOSTS[HOSTS.index(failing) + (1 if batch == 1 else 2) :]
-    before = {h: hosts[h].container() for h in later}
+    # Batches of one with web2 failing, then, on the same fleet, batches of 50 % (two of five) with
+    # web3 failing: each time the failing host is put back and the batches after its own untouched.
+    for batch, failing in [(1, "web2"), ("50%", "web3")]:
+        # The failing host's own HTTP check passes on v2 only: its v1 starts and is caught in the
+        # verification, and the way back to v2 verifies.
+        check = "[{'url': 'http://127.0.0.1:%d/version', 'body_regex': '^v2'}]" % hosts[failing].port
+        write_inventory(inventory, hosts.values(), {failing: 'recreate_health_http="%s"' % check})
+        later = HOSTS[HOSTS.index(failing) + (1 if batch == 1 else 2) :]
+        before = {h: hosts[h].container() for h in later}
 
-    halted = roll_back(inventory, tmp_path, rollback_batch=batch)
-    assert halted.returncode != 0, halted.stdout[-4000:]
-    document = the_report(tmp_path, halted.stdout)
-    failed = next(row for row in document["hosts"] if row["host"] == failing)
-    assert (failed["status"], failed["failed_step"]) == ("reverted", "verify"), failed
-    assert hosts[failing].version() == "v2", "the failing host was not put back"
-    assert {h: hosts[h].container() for h in later} == before, "a later batch was touched"
-    assert [row["host"] for row in document["hosts"] if row["status"] == "not_started"] == later
-    assert all(hosts[h].version() == "v1" for h in HOSTS if h not in later and h != failing)
+        halted = roll_back(inventory, tmp_path, rollback_batch=batch)
+        assert halted.returncode != 0, halted.stdout[-4000:]
+        document = the_report(tmp_path, halted.stdout)
+        failed = next(row for row in document["hosts"] if row["host"] == failing)
+        assert (failed["status"], failed["failed_step"]) == ("reverted", "verify"), (batch, failed)
+        assert hosts[failing].version() == "v2", "the failing host was not put back"
+        assert {h: hosts[h].container() for h in later} == before, "a later batch was touched"
+        assert [row["host"] for row in document["hosts"] if row["status"] == "not_started"] == later
+        assert all(hosts[h].version() == "v1" for h in HOSTS if h not in later and h != failing)
 
 
-def test_an_unreachable_host_halts_the_fleet_and_is_reported(tmp_path):
-    """A host whose SSH does not answer (nothing listens on 127.0.0.1:9): the next host is not started."""
-    inventory = tmp_path / "fleet.ini"
-    inventory.write_text(
-        "[web]\n"
-        "gone ansible_host=127.0.0.1 ansible_port=9 ansible_connection=ssh "
-        "ansible_ssh_common_args='-o ConnectTimeout=3' recreate_project_src=/srv/gone\n"
-        "web2 ansible_connection=local ansible_python_interpreter=%s recreate_project_src=%s recreate_ledger_dir=%s\n"
-        % (sys.executable, tmp_path / "web2", tmp_path / "ledger")
+def state_of(hosts, ledger):
+    """What a rollback could change: each host's container and project files, the whole ledger."""
+    files = sorted(
+        [p for h in hosts.values() for p in h.stack.dir.rglob("*") if p.is_file()]
+        + [p for p in ledger.rglob("*") if p.is_file()]
     )
-    result = roll_back(inventory, tmp_path)
-    assert result.returncode != 0, result.stdout[-4000:]
-    assert "UNREACHABLE" in result.stdout
-    assert "Halted: gone failed or went unreachable, so batch 2 (web2)" in result.stdout
-    reports = sorted((tmp_path / "reports").glob("recreate-*.json"))
-    document = json.loads(reports[-1].read_text())
-    assert [(row["host"], row["status"]) for row in document["hosts"]] == [
-        ("gone", "unreachable"),
-        ("web2", "not_started"),
+    return (
+        {name: host.container() for name, host in hosts.items()},
+        {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files},
+    )
+
+
+def test_a_preflight_failure_anywhere_changes_nothing_and_a_host_gone_mid_fleet_halts_it(fleet, tmp_path):
+    hosts, inventory = fleet
+    before = state_of(hosts, tmp_path / "ledger")
+    # web2's target is not in its ledger and web5's project is not where the inventory says.
+    write_inventory(
+        inventory,
+        hosts.values(),
+        {"web2": "recreate_target=0000deadbeef", "web5": "recreate_project_src=%s" % (tmp_path / "moved")},
+    )
+    refused = roll_back(inventory, tmp_path, rollback_batch=2)
+    assert refused.returncode != 0, refused.stdout[-4000:]
+    message = refused.stdout.split("The preflight failed on")[-1]
+    assert message.startswith(" 2 of 5 hosts, so no host was changed: web2: "), message[:2000]
+    assert "0000deadbeef" in message and "web5: project_src '%s' is not a directory" % (tmp_path / "moved") in message
+    assert "PLAY [Roll back batch after batch" not in refused.stdout, "the run went on after its preflight failed"
+    assert state_of(hosts, tmp_path / "ledger") == before, "the preflight changed something"
+    assert [hosts[h].version() for h in HOSTS] == ["v2"] * 5
+
+    # web3's SSH goes away as its rollback starts (its connection is local until then): the second
+    # batch halts the fleet, web3 is reported unreachable, web5 is not started.
+    gone = "ansible_connection=\"{{ 'ssh' if _fleet_started | default(false) else 'local' }}\" ansible_port=9"
+    write_inventory(inventory, hosts.values(), {"web3": gone + " ansible_host=127.0.0.1"})
+    untouched = hosts["web5"].container()
+    halted = roll_back(inventory, tmp_path, rollback_batch=2)
+    assert halted.returncode != 0, halted.stdout[-4000:]
+    assert "fatal: [web3]: UNREACHABLE!" in halted.stdout
+    assert "Halted: web3 failed or went unreachable, so batch 3 (web5)" in halted.stdout
+    document = the_report(tmp_path, halted.stdout)
+    assert statuses(document) == [
+        ("web1", 1, "rolled_back"),
+        ("web2", 1, "rolled_back"),
+        ("web3", 2, "unreachable"),
+        ("web4", 2, "rolled_back"),
+        ("web5", 3, "not_started"),
     ]
-    assert not (tmp_path / "ledger").exists(), "web2 was touched"
+    assert document["hosts"][2]["failed_step"] == "preflight"
+    assert [hosts[h].version() for h in HOSTS] == ["v1", "v1", "v2", "v1", "v2"]
+    assert hosts["web5"].container() == untouched
+
+
+@contextlib.contextmanager
+def leaving_no_ledger(shops):
+    """The shops record into the host's shared ledger: their projects' records go when the test ends."""
+    try:
+        yield
+    finally:
+        for shop in shops:
+            shutil.rmtree(LEDGER / "projects" / shop.stack.name, ignore_errors=True)
+
+
+def test_a_blue_green_fleet_is_checked_first_then_rolled_back_in_order(compose_stack, images, free_port, tmp_path):
+    """The same fleet play through playbooks/rollback_blue_green.yml: two shops, each behind its Caddy."""
+    shops = []
+    with host_migrates_queued_connections(), leaving_no_ledger(shops):
+        for n in range(2):
+            port = free_port()
+            stack = compose_stack(
+                testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port),
+                prefix="st-fleet-bg",
+            )
+            work = tmp_path / ("web%d" % (n + 1))
+            caddy = HostCaddy(compose_stack, images, work / "proxy", stack.name, "127.0.0.1:%d" % port)
+            shops.append(BlueGreenShop(stack, port, work, caddy))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda shop: (shop.deploy("v1"), shop.deploy("v2")), shops))
+        inventory = tmp_path / "fleet.json"
+
+        def write(**web2):
+            hosts = {}
+            for n, shop in enumerate(shops):
+                variables = shop.variables(blue_green_health_min_uptime=1, **(web2 if n == 1 else {}))
+                hosts["web%d" % (n + 1)] = dict(
+                    variables, ansible_connection="local", ansible_python_interpreter=sys.executable
+                )
+            inventory.write_text(json.dumps({"web": {"hosts": hosts}}))
+
+        containers = [shop.containers() for shop in shops]
+        write(blue_green_caddy_site="http://127.0.0.1:1")  # not a site of web2's Caddyfile
+        refused = testbed.run_playbook(
+            BLUE_GREEN,
+            {"rollback_report_dir": str(tmp_path / "reports")},
+            inventory=str(inventory),
+            extra_args=["-l", "web"],
+        )
+        assert refused.returncode != 0, refused.stdout[-4000:]
+        assert "The preflight failed on 1 of 2 hosts, so no host was changed: web2: " in refused.stdout
+        assert [shop.served() for shop in shops] == ["v2", "v2"]
+        assert [shop.containers() for shop in shops] == containers, "the preflight changed a host"
+
+        write()
+        result = testbed.run_playbook(
+            BLUE_GREEN,
+            {"rollback_report_dir": str(tmp_path / "reports")},
+            inventory=str(inventory),
+            extra_args=["-l", "web"],
+        )
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        assert [shop.served() for shop in shops] == ["v1", "v1"]
+        document = json.loads(sorted((tmp_path / "reports").glob("blue_green-*.json"))[-1].read_text())
+        assert [(row["host"], row["batch"], row["status"]) for row in document["hosts"]] == [
+            ("web1", 1, "rolled_back"),
+            ("web2", 2, "rolled_back"),
+        ]
+        assert document["summary"] == "Every host is on its target (2 hosts)."
+        # Completion in order: web2's green started after web1's rollback was recorded.
+        assert result.stdout.index("on web1: rolled back") < result.stdout.index("on web2: rolled back")

@@ -109,7 +109,11 @@ def test_the_summary_names_the_failure_the_hosts_on_target_and_those_not_started
     assert "web-two FAILED, put back at step 'verify'" in text and "web4 UNREACHABLE at step 'start'" in text
     assert "On their target: web1." in text and "Not started, unchanged: web3." in text
     assert _fleet.summary(ROWS[:1]) == "Every host is on its target (1 host)."
-    assert _fleet.summary([dict(ROWS[0], status="planned")]) == "Check mode: nothing was changed on any host."
+    planned = [dict(ROWS[0], status="planned"), dict(ROWS[2], status="refused", failed_step="preflight")]
+    assert _fleet.summary(planned[:1], check_mode=True) == "Check mode: nothing was changed on any host."
+    assert _fleet.summary(planned, check_mode=True) == (
+        "Check mode: nothing was changed on any host. Would fail: web3 refused, unchanged at step 'preflight'."
+    )
 
 
 def test_markdown_holds_the_same_cells_and_the_reasons():
