@@ -7,6 +7,7 @@ Docker engine and the real `docker compose` CLI; nothing is faked.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -236,8 +237,9 @@ def http_get(url, timeout=2.0):
             return resp.status, resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
-    except (OSError, urllib.error.URLError) as exc:
-        return 0, str(exc)
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+        # HTTPException: a server restarted mid-answer (IncompleteRead, BadStatusLine) is no answer
+        return 0, "%s: %s" % (exc.__class__.__name__, exc)
 
 
 def http_post(url, body, timeout=5.0):
