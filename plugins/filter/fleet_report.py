@@ -21,8 +21,9 @@ options:
     description:
       - The rows, each a dictionary with C(host), C(batch), C(status) (C(rolled_back),
         C(already_on_target), C(planned), C(reverted), C(failed), C(refused), C(unreachable),
-        C(not_started)), C(from), C(from_version), C(to), C(to_version), C(downtime_seconds),
-        C(backups), C(failed_step) and C(reason).
+        C(not_started), and after a halt with C(rollback_on_halt=revert) C(put_back) or
+        C(put_back_failed)), C(from), C(from_version), C(to), C(to_version), C(downtime_seconds)
+        (with C(put_back_downtime_seconds) for a host put back), C(backups), C(failed_step) and C(reason).
     type: list
     elements: dict
     required: true

@@ -24,9 +24,14 @@ STATUS_WORDS = {
     "refused": "refused, unchanged",
     "unreachable": "UNREACHABLE",
     "not_started": "not started",
+    "put_back": "rolled back, then put back",
+    "put_back_failed": "FAILED to go back",
 }
 FAILED = ("reverted", "failed", "refused", "unreachable")
 DONE = ("rolled_back", "already_on_target")
+# After a halt with rollback_on_halt revert: the hosts rolled back went back to what they ran.
+PUT_BACK = "put_back"
+PUT_BACK_FAILED = "put_back_failed"
 
 COLUMNS = ("host", "batch", "from -> to", "status", "down (s)", "backups", "failed step")
 _BATCH = re.compile(r"^[1-9][0-9]*%?$")
@@ -77,19 +82,30 @@ def _release(row):
 
     if not row.get("from") and not row.get("to"):
         return "-"
-    return "%s -> %s" % (name("from"), name("to"))
+    back = " -> %s" % name("from") if row.get("status") == PUT_BACK else ""
+    return "%s -> %s%s" % (name("from"), name("to"), back)
+
+
+def _downtime(row):
+    """Seconds the host's service was down in this run: the rollback's, and the way back's after a
+    halt (rollback_on_halt revert); None when it did not finish."""
+    status = row.get("status", "not_started")
+    parts = [row.get("downtime_seconds")] + ([row.get("put_back_downtime_seconds")] if status == PUT_BACK else [])
+    if status not in (*DONE, PUT_BACK) or any(part in (None, "") for part in parts):
+        return None
+    return sum(float(part) for part in parts)
 
 
 def cells(row):
     """The row's values as the table shows them, in COLUMNS order."""
-    downtime = row.get("downtime_seconds")
+    downtime = _downtime(row)
     status = row.get("status", "not_started")
     return (
         str(row.get("host", "?")),
         str(row.get("batch") or "-"),
         _release(row),
         STATUS_WORDS.get(status, status),
-        "-" if downtime in (None, "") or status not in DONE else "%.3f" % float(downtime),
+        "-" if downtime is None else "%.3f" % downtime,
         str(len(row["backups"])) if row.get("backups") is not None else "-",
         str(row.get("failed_step") or "-"),
     )
@@ -115,6 +131,8 @@ def summary(rows, check_mode=False):
     """One sentence: how the fleet ended, who failed and why, who was left where."""
     failed = [r for r in rows if r.get("status") in FAILED]
     done = [r["host"] for r in rows if r.get("status") in DONE]
+    put_back = [r["host"] for r in rows if r.get("status") == PUT_BACK]
+    not_back = [r for r in rows if r.get("status") == PUT_BACK_FAILED]
     untouched = [r["host"] for r in rows if r.get("status", "not_started") == "not_started"]
     if check_mode:
         return "Check mode: nothing was changed on any host." + (
@@ -123,6 +141,10 @@ def summary(rows, check_mode=False):
     if not failed:
         return "Every host is on its target (%d host%s)." % (len(done), "" if len(done) == 1 else "s")
     parts = ["Halted: %s." % "; ".join(_failures(failed))]
+    if put_back:
+        parts.append("Put back on what they ran: %s." % ", ".join(put_back))
+    if not_back:
+        parts.append("Could not go back: %s." % "; ".join(_failures(not_back)))
     if done:
         parts.append("On their target: %s." % ", ".join(done))
     if untouched:

@@ -192,7 +192,12 @@ def test_a_failure_in_the_second_batch_halts_the_fleet_and_the_same_command_then
     ]
 
 
-def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half(fleet, tmp_path):
+def started_at(container):
+    state = json.loads(testbed.run(["docker", "inspect", "--format", "{{json .State}}", container]).stdout)
+    return testbed.docker_time(state["StartedAt"])
+
+
+def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half_and_revert_puts_back(fleet, tmp_path):
     hosts, inventory = fleet
     # Batches of one with web2 failing, then, on the same fleet, batches of 50 % (two of five) with
     # web3 failing: each time the failing host is put back and the batches after its own untouched.
@@ -204,7 +209,10 @@ def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half
         later = HOSTS[HOSTS.index(failing) + (1 if batch == 1 else 2) :]
         before = {h: hosts[h].container() for h in later}
 
-        halted = roll_back(inventory, tmp_path, rollback_batch=batch)
+        # The second time, the hosts this run rolled back go back to v2 after the halt, whatever
+        # target the command line gives (an extra var outranks anything a playbook passes a role).
+        settings = {"rollback_on_halt": "revert", "recreate_target": "previous"} if batch == "50%" else {}
+        halted = roll_back(inventory, tmp_path, rollback_batch=batch, **settings)
         assert halted.returncode != 0, halted.stdout[-4000:]
         document = the_report(tmp_path, halted.stdout)
         failed = next(row for row in document["hosts"] if row["host"] == failing)
@@ -212,7 +220,25 @@ def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half
         assert hosts[failing].version() == "v2", "the failing host was not put back"
         assert {h: hosts[h].container() for h in later} == before, "a later batch was touched"
         assert [row["host"] for row in document["hosts"] if row["status"] == "not_started"] == later
-        assert all(hosts[h].version() == "v1" for h in HOSTS if h not in later and h != failing)
+
+    # The second run: web1 was already on v1 (left there), web2 (batch 1) and web4 (web3's partner)
+    # rolled back to v1 and went back to v2 after the halt, web4's batch first.
+    assert statuses(document) == [
+        ("web1", 1, "already_on_target"),
+        ("web2", 1, "put_back"),
+        ("web3", 2, "reverted"),
+        ("web4", 2, "put_back"),
+        ("web5", 3, "not_started"),
+    ], document
+    assert [hosts[h].version() for h in HOSTS] == ["v1", "v2", "v2", "v2", "v2"]
+    assert started_at(hosts["web4"].container()) < started_at(hosts["web2"].container()), "not the last batch first"
+    web2 = document["hosts"][1]
+    assert web2["from_version"] == "v2" and web2["to_version"] == "v1" and web2["put_back_downtime_seconds"] is not None
+    assert document["summary"] == (
+        "Halted: web3 FAILED, put back at step 'verify'. Put back on what they ran: web2, web4. "
+        "On their target: web1. Not started, unchanged: web5."
+    )
+    assert "v2 -> v1 -> v2" in next(line for line in printed_table(halted.stdout) if line.startswith("web2"))
 
 
 def state_of(hosts, ledger):

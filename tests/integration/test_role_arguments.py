@@ -114,11 +114,14 @@ BAD_FLEET_SETTINGS = [
     ({"rollback_batch": [1, "0%"]}, "rollback_batch '0%' is not a batch size"),
     ({"rollback_hosts": "db*"}, "rollback_hosts db* matches no host of the limit all"),
     ({"rollback_report_dir": "/proc/1/no-such-dir"}, "rollback_report_dir /proc/1/no-such-dir cannot be written"),
+    ({"rollback_on_halt": "later"}, "rollback_on_halt is later: give stay"),
 ]
 
 
 @pytest.mark.parametrize(
-    "settings, message", BAD_FLEET_SETTINGS, ids=["zero", "percent-over", "letters", "list", "no-match", "report-dir"]
+    "settings, message",
+    BAD_FLEET_SETTINGS,
+    ids=["zero", "percent-over", "letters", "list", "no-match", "report-dir", "on-halt"],
 )
 def test_a_bad_fleet_setting_is_refused_before_any_host_is_touched(tmp_path, settings, message):
     given = dict({"recreate_ledger_dir": str(tmp_path / "ledger"), "rollback_report_dir": str(tmp_path)}, **settings)

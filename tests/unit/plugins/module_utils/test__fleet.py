@@ -116,6 +116,23 @@ def test_the_summary_names_the_failure_the_hosts_on_target_and_those_not_started
     )
 
 
+def test_hosts_put_back_after_a_halt_show_the_way_back_and_both_downtimes():
+    put_back = dict(ROWS[0], status="put_back", put_back_downtime_seconds=1.2)
+    not_back = dict(
+        ROWS[0], host="web5", status="put_back_failed", failed_step="put back: verify", reason="v2 did not answer"
+    )
+    rows = [put_back, ROWS[1], not_back, ROWS[2]]
+    cells = _fleet.cells(put_back)
+    # v2 -> v1 and back to v2; down for the rollback and for the way back.
+    assert cells[2:5] == ("v2 -> v1 -> v2", "rolled back, then put back", "2.012")
+    assert _fleet.cells(not_back)[2:5] == ("v2 -> v1", "FAILED to go back", "-")
+    assert _fleet.cells(dict(put_back, put_back_downtime_seconds=None))[4] == "-"
+    assert _fleet.summary(rows) == (
+        "Halted: web-two FAILED, put back at step 'verify'. Put back on what they ran: web1. "
+        "Could not go back: web5 FAILED to go back at step 'put back: verify'. Not started, unchanged: web3."
+    )
+
+
 def test_markdown_holds_the_same_cells_and_the_reasons():
     document = _fleet.report(ROWS, "recreate", markdown=True)
     assert document.startswith("# Fleet rollback (recreate)\n")
