@@ -27,6 +27,12 @@ options:
     description: The batch size, or a list of batch sizes.
     type: raw
     required: true
+  canary:
+    description:
+      - How many hosts roll back first, in a batch of their own (C(rollback_canary)); the batches of
+        O(size) follow, a percentage counting all the hosts.
+    type: raw
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -43,14 +49,14 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.stackops.rollback.plugins.module_utils._fleet import batch_errors, batches
+from ansible_collections.stackops.rollback.plugins.module_utils._fleet import plan, plan_errors
 
 
-def fleet_batches(hosts, size):
-    errors = batch_errors(size)
+def fleet_batches(hosts, size, canary=0):
+    errors = plan_errors(hosts, size, canary)
     if errors:
         raise AnsibleFilterError(" ".join(errors))
-    return batches(hosts, size)
+    return [batch["hosts"] for batch in plan(hosts, size, canary)]
 
 
 class FilterModule:

@@ -6,7 +6,8 @@
 them through the filter stackops.rollback.fleet).
 
 A report row is one host's outcome: `host`, `batch` (1, 2, ... in the order the batches ran; none
-for a host no batch started), `status`, `from`/`from_version`, `to`/`to_version`,
+for a host no batch started), `tier` and `canary` (its batch's tier, and whether it was the
+tier's canary), `status`, `from`/`from_version`, `to`/`to_version`,
 `downtime_seconds`, `backups` (a list), `failed_step` and `reason`.
 """
 
@@ -24,10 +25,11 @@ STATUS_WORDS = {
     "refused": "refused, unchanged",
     "unreachable": "UNREACHABLE",
     "not_started": "not started",
+    "degraded": "DEGRADED in the soak",
     "put_back": "rolled back, then put back",
     "put_back_failed": "FAILED to go back",
 }
-FAILED = ("reverted", "failed", "refused", "unreachable")
+FAILED = ("reverted", "failed", "refused", "degraded", "unreachable")
 DONE = ("rolled_back", "already_on_target")
 # After a halt with rollback_on_halt revert: the hosts rolled back went back to what they ran.
 PUT_BACK = "put_back"
@@ -63,15 +65,112 @@ def _size(item, total):
     return int(text)
 
 
-def batches(hosts, value):
+def batches(hosts, value, total=None):
     """The hosts in batches, in order, as Ansible's `serial` would make them: each size of a list in
-    turn, the last one repeated (batch_errors must have passed)."""
+    turn, the last one repeated, a percentage of `total` hosts (all of them unless given;
+    batch_errors must have passed)."""
     sizes = value if isinstance(value, list) else [value]
-    left, total, made = list(hosts), len(hosts), []
+    left, made = list(hosts), []
+    total = len(left) if total is None else total
     while left:
         size = _size(sizes[min(len(made), len(sizes) - 1)], total)
         made.append(left[:size])
         left = left[size:]
+    return made
+
+
+def _whole(value):
+    """A whole number of hosts from 0, or None."""
+    text = str(value).strip()
+    return None if isinstance(value, bool) or not text.isdigit() else int(text)
+
+
+def tier_errors(hosts, tiers, groups):
+    """What is wrong with rollback_tiers (inventory groups rolled back in that order) for these
+    hosts: a value that is no list of names, a group the inventory lacks, a host in two tiers, a
+    host in none."""
+    if not tiers:
+        return []
+    if not isinstance(tiers, list) or not all(isinstance(tier, str) and tier for tier in tiers):
+        return [
+            "rollback_tiers %r is not a list of inventory groups: give them in the order they roll back, "
+            "for example [workers, web, proxy]." % (tiers,)
+        ]
+    errors = []
+    unknown = [tier for tier in tiers if tier not in groups]
+    if unknown:
+        errors.append(
+            "rollback_tiers names %s, not a group of the inventory (its groups: %s)."
+            % (", ".join(unknown), ", ".join(sorted(g for g in groups if g not in ("all", "ungrouped"))) or "none")
+        )
+    tiers_of = {}
+    for tier in tiers:
+        for host in groups.get(tier) or []:
+            if host in hosts:
+                tiers_of.setdefault(host, []).append(tier)
+    twice = ["%s (%s)" % (host, ", ".join(of)) for host, of in tiers_of.items() if len(of) > 1]
+    if twice:
+        errors.append(
+            "Hosts in more than one tier: %s; a host rolls back once: put it in one of the groups." % "; ".join(twice)
+        )
+    left_out = [host for host in hosts if host not in tiers_of]
+    if left_out and not unknown:
+        errors.append(
+            "Hosts chosen but in no tier: %s; add their group to rollback_tiers, or leave them out with -l."
+            % ", ".join(left_out)
+        )
+    return errors
+
+
+def tiered(hosts, tiers=None, groups=None):
+    """[(tier, its hosts in their order)] in the tiers' order, tiers none of the hosts is in left
+    out; one tier named None without rollback_tiers."""
+    if not tiers:
+        return [(None, list(hosts))]
+    made = [(tier, [host for host in hosts if host in (groups.get(tier) or [])]) for tier in tiers]
+    return [(tier, members) for tier, members in made if members]
+
+
+def plan_errors(hosts, value, canary=0, tiers=None, groups=None):
+    """What is wrong with a fleet's batches: rollback_batch, rollback_tiers, and rollback_canary (a
+    whole number of hosts rolled back first, on their own, at most as many as the first tier's)."""
+    errors = batch_errors(value)
+    wrong_tiers = tier_errors(hosts, tiers, groups or {})
+    errors += wrong_tiers
+    count = _whole(canary)
+    first = (tiered(hosts, tiers, groups or {}) or [(None, [])])[0] if not wrong_tiers else (None, hosts)
+    if count is None:
+        errors.append(
+            "rollback_canary %r is not a number of hosts: give how many hosts roll back first, on their "
+            "own (1), or 0 for none." % (canary,)
+        )
+    elif count > len(first[1]):
+        errors.append(
+            "rollback_canary %d is more than the %d host%s %s: give at most %d, or 0 for none."
+            % (
+                count,
+                len(first[1]),
+                "" if len(first[1]) == 1 else "s",
+                "chosen" if first[0] is None else "of the first tier, %s" % first[0],
+                len(first[1]),
+            )
+        )
+    return errors
+
+
+def plan(hosts, value, canary=0, tiers=None, groups=None):
+    """The batches in the order they run, tier after tier: in each, `canary` hosts first on their own
+    (a batch marked canary; the whole tier when it has fewer), then the others in batches of `value`
+    (a percentage counts the tier's hosts, the canary too). plan_errors must have passed."""
+    count = _whole(canary) or 0
+    made = []
+    for tier, members in tiered(hosts, tiers, groups or {}):
+        if count:
+            made.append({"tier": tier, "canary": True, "hosts": members[:count]})
+        made += [
+            {"tier": tier, "canary": False, "hosts": batch}
+            for batch in batches(members[count:], value, total=len(members))
+        ]
     return made
 
 
@@ -96,13 +195,19 @@ def _downtime(row):
     return sum(float(part) for part in parts)
 
 
+def _batch(row):
+    """The batch's number, with its tier and whether it was the canary: `3 (web, canary)`."""
+    marks = [mark for mark in (row.get("tier"), "canary" if row.get("canary") else None) if mark]
+    return "%s%s" % (row.get("batch") or "-", " (%s)" % ", ".join(marks) if marks else "")
+
+
 def cells(row):
     """The row's values as the table shows them, in COLUMNS order."""
     downtime = _downtime(row)
     status = row.get("status", "not_started")
     return (
         str(row.get("host", "?")),
-        str(row.get("batch") or "-"),
+        _batch(row),
         _release(row),
         STATUS_WORDS.get(status, status),
         "-" if downtime is None else "%.3f" % downtime,
@@ -171,4 +276,43 @@ def report(rows, strategy, markdown=False, check_mode=False):
             + (["", "## Why", "", *reasons] if reasons else [])
         )
         + "\n"
+    )
+
+
+def _label(release):
+    return "%s (%s)" % (release.get("version") or "-", (release.get("id") or "-")[:12])
+
+
+def common_release(infos):
+    """The fleet's `common` target: the newest release recorded on every host, other than what a
+    host was deployed with and runs now (rolling back to it would change nothing there), failed
+    deploys skipped. `infos` is each host's compose_release_info result ({host: info}).
+
+    Returns (release id, None), or (None, an error that lists each host's releases). A host that
+    was rolled back already runs a release of its ledger's rollback: that one stays a candidate,
+    so the same command after a halt finds the same target.
+    """
+    recorded, excluded, created = None, set(), {}
+    for info in infos.values():
+        ids = {r["id"] for r in info.get("releases") or []}
+        recorded = ids if recorded is None else recorded & ids
+        excluded |= {e.get("release") for e in info.get("failed_deploys") or []}
+        settled = [e for e in info.get("history") or [] if e.get("event") in ("deploy", "rollback")]
+        if settled and settled[-1].get("event") == "deploy":
+            excluded.add(settled[-1].get("release"))
+        for release in info.get("releases") or []:
+            when = release.get("created") or ""
+            created[release["id"]] = min(created.get(release["id"], when), when)
+    candidates = sorted((recorded or set()) - excluded, key=lambda release_id: (created[release_id], release_id))
+    if candidates:
+        return candidates[-1], None
+    listing = "; ".join(
+        "%s: %s" % (host, ", ".join(_label(r) for r in info.get("releases") or []) or "no release")
+        for host, info in infos.items()
+    )
+    return None, (
+        "rollback_target common: no release is recorded on every host other than the one a host was "
+        "deployed with and runs now (failed deploys do not count). Each host's releases, newest first: %s. "
+        "Name a release for the fleet with rollback_target (a version label such as v1.4.2), or roll the "
+        "hosts back one by one." % listing
     )

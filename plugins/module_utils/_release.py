@@ -371,10 +371,13 @@ def by_hand_command(params, project, compose_files=None, env_files=()):
 
 
 def resolve_target(module, ledger, target, project_src=None, deployed_now=None):
-    """A release for `previous`, `current`, a release id, or a git ref (the field guide's way).
+    """A release for `previous`, `current`, a release id, a version label as recorded at deploy
+    (`v1.4.2`), or a git ref (the field guide's way).
 
     A git ref whose commit was recorded in the ledger resolves to that release (with its image
-    digests); otherwise to a release read from git, whose images follow their tags.
+    digests); otherwise to a release read from git, whose images follow their tags. A label
+    recorded on one release only names it; a label on several is refused, since which one the
+    operator means cannot be told (their ids are named).
     """
     target = (target or "previous").strip()
     if target == "previous":
@@ -393,6 +396,19 @@ def resolve_target(module, ledger, target, project_src=None, deployed_now=None):
         return ledger.get(release_id)
     if RELEASE_ID_RE.match(target) and ledger.has_release(target):
         return ledger.get(target)
+    labelled = [release for release in ledger.releases() if release.get("version") == target]
+    if len(labelled) > 1:
+        raise ReleaseError(
+            "target %r is the version label of %d releases of project %s: %s; name the release id instead"
+            % (
+                target,
+                len(labelled),
+                ledger.project,
+                ", ".join("%s (recorded %s)" % (r["id"], r.get("created") or "-") for r in labelled),
+            )
+        )
+    if labelled:
+        return ledger.get(labelled[0]["id"])
     return resolve_git_target(module, ledger, target, project_src)
 
 
@@ -410,8 +426,8 @@ def resolve_git_target(module, ledger, ref, project_src):
     rc, out, err = module.run_command([git, "-C", project_src, "rev-parse", "--verify", "--quiet", ref + "^{commit}"])
     if rc != 0:
         raise ReleaseError(
-            "target %r is neither a release id of project %s (see compose_release_info) nor a git ref in %s%s"
-            % (ref, ledger.project, project_src, (": " + err.strip()) if err.strip() else "")
+            "target %r is neither a release id nor a version label of project %s (see compose_release_info) "
+            "nor a git ref in %s%s" % (ref, ledger.project, project_src, (": " + err.strip()) if err.strip() else "")
         )
     commit = out.strip()
     recorded = ledger.find_by_commit(commit)
@@ -907,7 +923,9 @@ class Releases:
     def run(self):
         state = self.params["state"]
         if state in ("restored", "pulled") and not self.params.get("release"):
-            raise ReleaseError("state=%s needs release: previous, current, a release id or a git ref" % state)
+            raise ReleaseError(
+                "state=%s needs release: previous, current, a release id, a version label or a git ref" % state
+            )
         return getattr(self, state)()
 
 

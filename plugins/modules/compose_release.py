@@ -155,7 +155,8 @@ options:
     type: str
   release:
     description:
-      - For O(state=restored) and O(state=pulled), the release - V(previous), V(current), a release id, or a git ref.
+      - For O(state=restored) and O(state=pulled), the release - V(previous), V(current), a release id,
+        a version label as recorded at deploy (V(v1.4.2)), or a git ref.
     type: str
   staging:
     description:

@@ -46,7 +46,8 @@ options:
     type: str
   target:
     description:
-      - A rollback target to resolve - V(previous), V(current), a release id, or a git ref.
+      - A rollback target to resolve - V(previous), V(current), a release id, a version label as recorded
+        at deploy (V(v1.4.2)), or a git ref.
     type: str
   compare_deployed:
     description:

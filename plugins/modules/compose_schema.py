@@ -64,7 +64,7 @@ options:
       - The databases to judge, as declared for M(stackops.rollback.compose_release). At least one is needed.
   target:
     description:
-      - The rollback target - V(previous), a release id, or a git ref.
+      - The rollback target - V(previous), a release id, a version label as recorded at deploy, or a git ref.
     type: str
     default: previous
   state:

@@ -80,6 +80,8 @@ def test_previous_and_restore_put_back_files_and_digests(run_module, app_stack):
     assert listing["previous"]["id"] == v1
     assert listing["target"]["id"] == v1
     assert listing["deployed_id"] == v2
+    # The version label given at deploy names the release, as a release id does.
+    assert info(run_module, app_stack, target="v1")["target"]["id"] == v1
 
     env_before = (app_stack.dir / ".env").read_text()
     checked = testbed.run_module(
@@ -193,11 +195,18 @@ def test_a_changed_service_env_file_makes_the_git_work_tree_dirty(run_module, ap
     assert dirty["release"]["git"]["dirty"] is True, dirty["release"]["git"]
 
 
-def test_unknown_target_is_a_clear_error(run_module, app_stack):
-    record(run_module, app_stack)
+def test_unknown_target_and_a_label_on_two_releases_are_clear_errors(run_module, app_stack):
+    first = record(run_module, app_stack, version="v1")["release_id"]
     result = info(run_module, app_stack, target="0123456789ab")
     assert result.get("failed"), result
     assert "neither a release id" in result["msg"] and app_stack.name in result["msg"]
+    # Other content recorded under the same version label: which one is meant cannot be told.
+    deploy(app_stack, "v2")
+    second = record(run_module, app_stack, version="v1")["release_id"]
+    twice = info(run_module, app_stack, target="v1")
+    assert twice.get("failed"), twice
+    assert "target 'v1' is the version label of 2 releases of project %s" % app_stack.name in twice["msg"]
+    assert first in twice["msg"] and second in twice["msg"] and "name the release id instead" in twice["msg"]
 
 
 def test_no_previous_release_is_a_clear_error(run_module, app_stack):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import sys
+import threading
 
 import pytest
 import testbed
@@ -99,7 +100,7 @@ def fleet(compose_stack, images, free_port, tmp_path):
     return dict(zip(HOSTS, hosts)), write_inventory(tmp_path / "fleet.ini", hosts)
 
 
-def roll_back(inventory, tmp_path, **settings):
+def roll_back(inventory, tmp_path, extra_args=(), **settings):
     extra = dict(
         {
             "recreate_health_timeout": 15,
@@ -112,7 +113,7 @@ def roll_back(inventory, tmp_path, **settings):
         PLAYBOOK,
         extra,
         inventory=str(inventory),
-        extra_args=["-l", "web"],
+        extra_args=["-l", "web", *extra_args],
         env={"ANSIBLE_SHOW_CUSTOM_STATS": "1"},
     )
 
@@ -151,34 +152,36 @@ def statuses(document):
 
 def test_a_failure_in_the_second_batch_halts_the_fleet_and_the_same_command_then_finishes_it(fleet, tmp_path):
     hosts, inventory = fleet
-    # web3, first of the second batch (web3, web4), runs a v1 that crashes at start: drifted.
+    # The canary web1 first (rollback_canary's default), then batches of two: web3, second of the
+    # second batch (web2, web3), runs a v1 that crashes at start: drifted.
     hosts["web3"].host_env.write_text("APP_CRASH_ON_START=1\n")
-    untouched = hosts["web5"].container()
+    untouched = {h: hosts[h].container() for h in ("web4", "web5")}
 
     halted = roll_back(inventory, tmp_path, rollback_batch=2)
     assert halted.returncode != 0, halted.stdout[-4000:]
     assert "FAILED at step 'start'" in halted.stdout
-    assert "Halted: web3 failed or went unreachable, so batch 3 (web5)" in halted.stdout
-    assert [hosts[h].version() for h in HOSTS] == ["v1", "v1", "v2", "v1", "v2"]
-    assert hosts["web5"].container() == untouched, "web5, in the batch after the failure, was touched"
+    assert "Halted: web3 failed or went unreachable, so batch 3 (web4, web5)" in halted.stdout
+    assert [hosts[h].version() for h in HOSTS] == ["v1", "v1", "v2", "v2", "v2"]
+    assert {h: hosts[h].container() for h in untouched} == untouched, "a host of the batch after web3's was touched"
     document = the_report(tmp_path, halted.stdout)
     assert statuses(document) == [
         ("web1", 1, "rolled_back"),
-        ("web2", 1, "rolled_back"),
+        ("web2", 2, "rolled_back"),
         ("web3", 2, "reverted"),
-        ("web4", 2, "rolled_back"),
+        ("web4", 3, "not_started"),
         ("web5", 3, "not_started"),
     ]
+    assert [row.get("canary") for row in document["hosts"][:3]] == [True, False, False]
     web3 = document["hosts"][2]
     assert web3["failed_step"] == "start" and "FAILED at step 'start'" in web3["reason"]
     assert document["summary"] == (
-        "Halted: web3 FAILED, put back at step 'start'. On their target: web1, web2, web4. "
-        "Not started, unchanged: web5."
+        "Halted: web3 FAILED, put back at step 'start'. On their target: web1, web2. "
+        "Not started, unchanged: web4, web5."
     )
 
     # The drift fixed, the same command again: the hosts already on the target are left alone.
     hosts["web3"].host_env.write_text("APP_CRASH_ON_START=0\n")
-    done = {h: hosts[h].container() for h in ("web1", "web2", "web4")}
+    done = {h: hosts[h].container() for h in ("web1", "web2")}
     resumed = roll_back(inventory, tmp_path, rollback_batch=2)
     assert resumed.returncode == 0, resumed.stdout[-6000:] + resumed.stderr[-2000:]
     assert [hosts[h].version() for h in HOSTS] == ["v1"] * 5
@@ -187,9 +190,12 @@ def test_a_failure_in_the_second_batch_halts_the_fleet_and_the_same_command_then
         "already_on_target",
         "already_on_target",
         "rolled_back",
-        "already_on_target",
+        "rolled_back",
         "rolled_back",
     ]
+    # Batch after batch: web3 (batch 2) started before web4 and web5 (batch 3).
+    third = min(started_at(hosts[h].container()) for h in ("web4", "web5"))
+    assert started_at(hosts["web3"].container()) < third, "batch 3 started before batch 2 ended"
 
 
 def started_at(container):
@@ -211,7 +217,8 @@ def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half
 
         # The second time, the hosts this run rolled back go back to v2 after the halt, whatever
         # target the command line gives (an extra var outranks anything a playbook passes a role).
-        settings = {"rollback_on_halt": "revert", "recreate_target": "previous"} if batch == "50%" else {}
+        revert = {"rollback_on_halt": "revert", "recreate_target": "previous", "rollback_canary": 0}
+        settings = revert if batch == "50%" else {}
         halted = roll_back(inventory, tmp_path, rollback_batch=batch, **settings)
         assert halted.returncode != 0, halted.stdout[-4000:]
         document = the_report(tmp_path, halted.stdout)
@@ -241,6 +248,82 @@ def test_a_failure_in_verification_halts_before_the_next_batch_of_one_or_of_half
     assert "v2 -> v1 -> v2" in next(line for line in printed_table(halted.stdout) if line.startswith("web2"))
 
 
+def test_a_failing_canary_is_put_back_alone_and_a_host_degrading_in_the_soak_halts_the_fleet(fleet, tmp_path):
+    hosts, inventory = fleet
+    # The canary web1 runs a v1 that crashes at start: put back, and no other host touched.
+    hosts["web1"].host_env.write_text("APP_CRASH_ON_START=1\n")
+    others = {h: hosts[h].container() for h in HOSTS[1:]}
+    not_started = [(h, batch, "not_started") for h, batch in zip(HOSTS[1:], [2, 2, 3, 3])]
+    halted = roll_back(inventory, tmp_path, rollback_batch="50%")
+    assert halted.returncode != 0, halted.stdout[-4000:]
+    document = the_report(tmp_path, halted.stdout)
+    assert statuses(document) == [("web1", 1, "reverted"), *not_started]
+    assert "batch 1 (canary)" in halted.stdout and hosts["web1"].version() == "v2"
+    assert {h: hosts[h].container() for h in others} == others, "a host after the failing canary was touched"
+
+    # Fixed, the canary rolls back; during its soak of 10 s its container dies: verified again
+    # before the next batch, it halts the fleet with no other host touched.
+    hosts["web1"].host_env.write_text("APP_CRASH_ON_START=0\n")
+    project = tmp_path / "ledger" / "projects" / hosts["web1"].stack.name
+    killed = []
+
+    def kill_once_rolled_back():
+        def finished():
+            history = (project / "history.jsonl").read_text() if (project / "history.jsonl").exists() else ""
+            return '"rollback"' in history and not (project / "lock").exists()
+
+        testbed.wait_for(finished, 180, "web1's rollback finished")
+        testbed.run(["docker", "kill", hosts["web1"].container()])
+        killed.append(True)
+
+    thread = threading.Thread(target=kill_once_rolled_back, daemon=True)
+    thread.start()
+    degraded = roll_back(inventory, tmp_path, rollback_batch="50%", rollback_pause=10)
+    thread.join(timeout=30)
+    assert killed, "web1's container was not killed during its soak"
+    assert degraded.returncode != 0, degraded.stdout[-4000:]
+    assert "Pausing for 10 seconds" in degraded.stdout, degraded.stdout[-4000:]
+    document = the_report(tmp_path, degraded.stdout)
+    assert statuses(document) == [("web1", 1, "degraded"), *not_started]
+    assert document["hosts"][0]["failed_step"] == "soak after batch 1", document["hosts"][0]
+    assert {h: hosts[h].container() for h in others} == others, "a host was touched after the canary degraded"
+    assert document["summary"].startswith("Halted: web1 DEGRADED in the soak at step 'soak after batch 1'.")
+
+
+def test_tiers_roll_back_in_order_each_with_its_canary_and_check_mode_shows_the_plan_changing_nothing(fleet, tmp_path):
+    hosts, inventory = fleet
+    # Two tiers within the group web: back (web4, web5) first, then front (web1, web2, web3).
+    inventory.write_text(inventory.read_text() + "[back]\nweb4\nweb5\n[front]\nweb1\nweb2\nweb3\n")
+    settings = {"rollback_tiers": ["back", "front"], "rollback_batch": "50%"}
+    order = ["web4", "web5", "web1", "web2", "web3"]
+    plan = [
+        "batch 1 (back, canary): web4",
+        "batch 2 (back): web5",
+        "batch 3 (front, canary): web1",
+        "batch 4 (front): web2",
+        "batch 5 (front): web3",
+    ]
+    before = state_of(hosts, tmp_path / "ledger")
+
+    checked = roll_back(inventory, tmp_path, **settings, extra_args=["--check"])
+    assert checked.returncode == 0, checked.stdout[-6000:] + checked.stderr[-2000:]
+    assert all('"%s"' % line in checked.stdout for line in plan), checked.stdout[-6000:]
+    assert "Check mode: nothing was changed on any host." in checked.stdout
+    assert state_of(hosts, tmp_path / "ledger") == before, "check mode changed something"
+
+    done = roll_back(inventory, tmp_path, **settings)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert [hosts[h].version() for h in HOSTS] == ["v1"] * 5
+    # Each batch started after the one before it had finished: the containers' start times and the
+    # ledger's audit lines follow the plan.
+    started = [started_at(hosts[h].container()) for h in order]
+    assert started == sorted(started), dict(zip(order, started))
+    audit = [json.loads(line) for line in (tmp_path / "ledger" / "audit.log").read_text().splitlines()]
+    projects = {hosts[h].stack.name: h for h in HOSTS}
+    rolled = [projects[a["project"]] for a in audit if a.get("event") == "rollback" and a.get("project") in projects]
+    assert rolled == order, audit[-10:]
+
+
 def state_of(hosts, ledger):
     """What a rollback could change: each host's container and project files, the whole ledger."""
     files = sorted(
@@ -256,6 +339,14 @@ def state_of(hosts, ledger):
 def test_a_preflight_failure_anywhere_changes_nothing_and_a_host_gone_mid_fleet_halts_it(fleet, tmp_path):
     hosts, inventory = fleet
     before = state_of(hosts, tmp_path / "ledger")
+    # Each host's project has content of its own (its port): no release is on every host.
+    no_common = roll_back(inventory, tmp_path, rollback_target="common")
+    assert no_common.returncode != 0, no_common.stdout[-4000:]
+    assert "rollback_target common: no release is recorded on every host" in no_common.stdout
+    assert "web1: v2 (" in no_common.stdout and "), v1 (" in no_common.stdout, no_common.stdout[-4000:]
+    assert "No host was changed." in no_common.stdout
+    assert state_of(hosts, tmp_path / "ledger") == before, "looking for a common release changed something"
+
     # web2's target is not in its ledger and web5's project is not where the inventory says.
     write_inventory(
         inventory,
@@ -276,7 +367,7 @@ def test_a_preflight_failure_anywhere_changes_nothing_and_a_host_gone_mid_fleet_
     gone = "ansible_connection=\"{{ 'ssh' if _fleet_started | default(false) else 'local' }}\" ansible_port=9"
     write_inventory(inventory, hosts.values(), {"web3": gone + " ansible_host=127.0.0.1"})
     untouched = hosts["web5"].container()
-    halted = roll_back(inventory, tmp_path, rollback_batch=2)
+    halted = roll_back(inventory, tmp_path, rollback_batch=2, rollback_canary=0)
     assert halted.returncode != 0, halted.stdout[-4000:]
     assert "fatal: [web3]: UNREACHABLE!" in halted.stdout
     assert "Halted: web3 failed or went unreachable, so batch 3 (web5)" in halted.stdout
@@ -359,3 +450,61 @@ def test_a_blue_green_fleet_is_checked_first_then_rolled_back_in_order(compose_s
         assert document["summary"] == "Every host is on its target (2 hosts)."
         # Completion in order: web2's green started after web1's rollback was recorded.
         assert result.stdout.index("on web1: rolled back") < result.stdout.index("on web2: rolled back")
+
+
+# The same project on three hosts, no port of its own, no file outside it: a release has the same
+# id (a hash of files and images) on every host that deployed it.
+SAME_EVERYWHERE = """\
+services:
+  app:
+    image: {app}:${{APP_TAG}}
+"""
+
+
+def test_one_target_for_the_fleet_common_then_a_version_label(compose_stack, images, tmp_path):
+    ledger = tmp_path / "ledger"
+    names = ["web1", "web2", "web3"]
+    stacks = {name: compose_stack(SAME_EVERYWHERE.format(app=images["APP_IMAGE"]), prefix="st-fleet") for name in names}
+    # web2 never got v2: the hosts' ledgers differ, v1 is the newest release every host holds.
+    deploys = {"web1": ["v1", "v2", "v3"], "web2": ["v1", "v3"], "web3": ["v1", "v2", "v3"]}
+
+    def deploy(name):
+        stack = stacks[name]
+        for tag in deploys[name]:
+            (stack.dir / ".env").write_text("APP_TAG=%s\n" % tag)
+            stack.up()
+            recorded = testbed.run_module(
+                "compose_release",
+                dict(project_src=str(stack.dir), project_name=stack.name, version=tag, ledger_dir=str(ledger)),
+            )
+            assert not recorded.get("failed"), recorded
+        return recorded["release_id"]
+
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        current = dict(zip(names, pool.map(deploy, names)))
+    assert len(set(current.values())) == 1, "the same content recorded different ids: %s" % current
+    inventory = tmp_path / "same.ini"
+    inventory.write_text(
+        "[web]\n"
+        + "".join(
+            "%s ansible_connection=local ansible_python_interpreter=%s recreate_project_src=%s "
+            "recreate_project_name=%s recreate_ledger_dir=%s recreate_backup_dir=%s\n"
+            % (name, sys.executable, stacks[name].dir, stacks[name].name, ledger, tmp_path / "backups" / name)
+            for name in names
+        )
+    )
+
+    def running():
+        return [stacks[name].container_env("app")["APP_VERSION"] for name in names]
+
+    common = roll_back(inventory, tmp_path, rollback_target="common", rollback_batch=3)
+    assert common.returncode == 0, common.stdout[-6000:] + common.stderr[-2000:]
+    assert "the newest release they all hold (rollback_target common)" in common.stdout
+    assert "(v1), the newest release they all hold" in common.stdout
+    assert running() == ["v1", "v1", "v1"]  # web1 and web3's previous is v2: common is not previous
+
+    # A version label as recorded at deploy, for every host, whatever the hosts' own target says
+    # (recreate_target given with -e; v3 is no host's previous).
+    labelled = roll_back(inventory, tmp_path, rollback_target="v3", rollback_batch=3, recreate_target="previous")
+    assert labelled.returncode == 0, labelled.stdout[-6000:] + labelled.stderr[-2000:]
+    assert running() == ["v3", "v3", "v3"]

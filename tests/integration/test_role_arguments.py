@@ -114,21 +114,37 @@ BAD_FLEET_SETTINGS = [
     ({"rollback_batch": [1, "0%"]}, "rollback_batch '0%' is not a batch size"),
     ({"rollback_hosts": "db*"}, "rollback_hosts db* matches no host of the limit all"),
     ({"rollback_report_dir": "/proc/1/no-such-dir"}, "rollback_report_dir /proc/1/no-such-dir cannot be written"),
-    ({"rollback_on_halt": "later"}, "rollback_on_halt is later: give stay"),
+    # Every bad setting is named at once.
+    (
+        {"rollback_on_halt": "later", "rollback_canary": 3, "rollback_pause": "soon", "rollback_tiers": ["web"]},
+        (
+            "rollback_on_halt is later: give stay",
+            "rollback_canary 3 is more than the 2 hosts of the first tier, web: give at most 2",
+            "rollback_pause soon is not a number of seconds",
+        ),
+    ),
+    (
+        {"rollback_tiers": ["all", "web", "cache"]},
+        (
+            "rollback_tiers names cache, not a group of the inventory (its groups: web).",
+            "Hosts in more than one tier: web1 (all, web); web2 (all, web)",
+        ),
+    ),
+    ({"rollback_tiers": ["ungrouped"]}, "Hosts chosen but in no tier: web1, web2; add their group to rollback_tiers"),
 ]
 
 
 @pytest.mark.parametrize(
     "settings, message",
     BAD_FLEET_SETTINGS,
-    ids=["zero", "percent-over", "letters", "list", "no-match", "report-dir", "on-halt"],
+    ids=["zero", "percent-over", "letters", "list", "no-match", "report-dir", "halt-canary-pause", "tiers", "no-tier"],
 )
 def test_a_bad_fleet_setting_is_refused_before_any_host_is_touched(tmp_path, settings, message):
     given = dict({"recreate_ledger_dir": str(tmp_path / "ledger"), "rollback_report_dir": str(tmp_path)}, **settings)
     result = testbed.run_playbook(
         testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml", given, inventory=str(fleet_inventory(tmp_path))
     )
-    refused(result, tmp_path, message)
+    refused(result, tmp_path, *(message if isinstance(message, tuple) else (message,)))
 
 
 def test_a_host_without_its_project_and_a_limit_matching_nothing_are_refused(tmp_path):

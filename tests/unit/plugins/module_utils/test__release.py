@@ -80,7 +80,10 @@ TARGETS = [
         },
         "git:main",
     ),
-    ("nope", None, {}, "neither a release id of project shop"),
+    # A version label as recorded at deploy names its release, before any git ref of that name.
+    ("v2", None, {"rev-parse --verify --quiet v2^{commit}": (0, COMMIT_A + "\n", "")}, "222222222222"),
+    (" v1 ", None, {}, "111111111111"),
+    ("nope", None, {}, "neither a release id nor a version label of project shop"),
     (
         "main",
         None,
@@ -103,6 +106,16 @@ def test_resolve_target(ledger, tmp_path, target, deployed_now, answers, expecte
         assert [f["path"] for f in release["files"]] == ["compose.yml"]
     else:
         assert release["id"] == expected
+
+
+def test_a_version_label_recorded_on_two_releases_is_refused_naming_both(ledger, tmp_path):
+    store(ledger, "333333333333", "v2", files={"compose.yml": b"services: {app: {image: app:v2-fixed}}\n"})
+    with pytest.raises(ReleaseError) as raised:
+        _release.resolve_target(GitModule(), ledger, "v2", str(tmp_path))
+    message = str(raised.value)
+    assert "target 'v2' is the version label of 2 releases of project shop" in message
+    assert "222222222222 (recorded" in message and "333333333333 (recorded" in message
+    assert message.endswith("name the release id instead")
 
 
 def test_previous_without_history_says_how_to_record(tmp_path):
