@@ -49,6 +49,8 @@ STAGED_PIN_FILE = ".stackops-pin.yml"
 # File kinds of a release: compose files, the env files Compose interpolates from (passed to each
 # compose call), and the services' own `env_file:` files. Both env kinds hold secrets.
 ENV_KINDS = ("env", "service_env")
+# Env files hold secrets: whatever mode they had, a rollback writes them for their owner alone.
+ENV_MODE = 0o600
 
 
 class ReleaseError(Exception):
@@ -512,14 +514,12 @@ def apply_checkout(project_src, release, contents, writes, removals, keep_dir):
     """Write the planned files (each atomically); removed files are moved to keep_dir."""
     for entry in writes:
         path = os.path.join(project_src, entry["path"])
-        if os.path.exists(path):
-            mode = os.stat(path).st_mode & 0o7777
-        elif entry.get("mode"):
-            mode = int(entry["mode"], 8)
-        else:
-            mode = 0o600 if entry["kind"] in ENV_KINDS else 0o644
         if entry["kind"] in ENV_KINDS:
-            mode &= 0o770  # env files hold secrets: never readable by others
+            mode = ENV_MODE
+        elif os.path.exists(path):
+            mode = os.stat(path).st_mode & 0o7777
+        else:
+            mode = int(entry["mode"], 8) if entry.get("mode") else 0o644
         os.makedirs(os.path.dirname(path) or project_src, exist_ok=True)
         atomic_write(path, contents[entry["path"]], mode)
     for name in removals:
@@ -891,7 +891,7 @@ class Releases:
             before.append("# %s\n%s" % (name, ENV_REDACTED if hidden else data.decode("utf-8", "replace")))
             after.append("# %s\n%s" % (name, ENV_REDACTED if hidden else known[1].decode("utf-8", "replace")))
             if not self.module.check_mode:
-                atomic_write(path, known[1], os.stat(path).st_mode & 0o7777)
+                atomic_write(path, known[1], ENV_MODE if hidden else os.stat(path).st_mode & 0o7777)
         results = dict(changed=bool(written), written=written)
         if self.module._diff and written:
             results["diff"] = {"before": "".join(before), "after": "".join(after)}

@@ -185,13 +185,19 @@ def test_plan_checkout_never_shows_env_contents(tmp_path):
     assert _release.ENV_REDACTED in diff["after"]
 
 
-def test_apply_checkout_keeps_env_files_private(tmp_path):
+def test_apply_checkout_writes_env_files_for_their_owner_alone(tmp_path):
     release = {"files": [{"path": ".env", "kind": "env", "mode": "0644"}, {"path": "compose.yml", "kind": "compose"}]}
     contents = {".env": b"A=1\n", "compose.yml": b"services: {}\n"}
     writes, removals, _diff = _release.plan_checkout(str(tmp_path), release, contents)
     _release.apply_checkout(str(tmp_path), release, contents, writes, removals, str(tmp_path / "removed"))
-    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "compose.yml").stat().st_mode & 0o777 == 0o644
+    # One already there, readable by its group: rewritten 0600 (it used to keep 0640).
+    (tmp_path / ".env").chmod(0o640)
+    contents[".env"] = b"A=2\n"
+    writes, removals, _diff = _release.plan_checkout(str(tmp_path), release, contents)
+    _release.apply_checkout(str(tmp_path), release, contents, writes, removals, str(tmp_path / "removed"))
+    assert (tmp_path / ".env").read_bytes() == b"A=2\n" and (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize(
@@ -425,7 +431,7 @@ def test_a_service_env_file_is_restored_private_and_never_shown(tmp_path):
     (tmp_path / "app.env").unlink()
     _release.apply_checkout(str(tmp_path), release, contents, writes, removals, str(tmp_path / "removed"))
     assert (tmp_path / "app.env").read_bytes() == b"API_KEY=old-secret\n"
-    assert (tmp_path / "app.env").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "app.env").stat().st_mode & 0o777 == 0o600
 
 
 def test_an_override_is_left_alone_when_the_target_names_its_files(tmp_path):
