@@ -25,13 +25,15 @@ export K TESTS SCENARIO
 LOCKED := scripts/testbed-lock
 
 .PHONY: help test check demo bench setup venv testbed collections lint ruff ansible-lint sanity build \
-        unit integration integration-parallel integration-serial smoke molecule clean
+        unit integration integration-parallel integration-serial smoke molecule faults reliability \
+        reliability-check clean
 
 help:
 	@echo "make demo   deploy a demo stack at v1, then v2, and roll it back (sets up everything)"
 	@echo "make check  the inner loop: lint, sanity, unit tests and a recreate and a blue_green rollback"
 	@echo "make test   every gate and test suite (sets up everything; CI runs this)"
 	@echo "make bench  benchmarks, written to docs/benchmarks.md"
+	@echo "make reliability  docs/reliability.md from the last run's fault matrix (make faults runs it alone)"
 	@echo "phases: venv testbed lint sanity build unit integration (integration-parallel, integration-serial)"
 	@echo "        smoke molecule"
 	@echo "subsets: make unit K=expr | make integration K=expr TESTS=tests/integration/test_x.py[::name]"
@@ -39,9 +41,11 @@ help:
 
 # The integration tests' parallel part mostly waits on containers: Molecule (its own engines) and
 # the gates run beside it. The serial part then runs alone, as it must (see scripts/integration).
+# The fault matrix's results are the run's own: cleared first, checked last (reliability-check).
 test:
+	@rm -rf tests/output/reliability
 	@$(LOCKED) scripts/run-phases venv testbed -- integration-parallel+molecule+lint,sanity,build,unit \
-	    integration-serial
+	    integration-serial reliability-check
 
 check:
 	@$(LOCKED) scripts/run-phases venv testbed -- lint sanity unit smoke
@@ -100,6 +104,17 @@ smoke:
 
 molecule:
 	@$(LOCKED) scripts/molecule-test-all $(SCENARIO)
+
+# The fault matrix (tests marked fault) alone; then `make reliability` writes docs/reliability.md
+# from the last run's results, which `make test` checks (at least 30 cases, all passed, no row lost).
+faults:
+	@$(LOCKED) scripts/integration -m fault
+
+reliability:
+	$(BIN)/python scripts/reliability.py --out docs/reliability.md
+
+reliability-check:
+	$(BIN)/python scripts/reliability.py --check
 
 bench: venv testbed
 	@$(LOCKED) $(BIN)/python bench/run.py $(BENCH)

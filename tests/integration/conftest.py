@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testbed"))
 
+import faults
 import testbed
 
 
@@ -27,6 +28,42 @@ def docker_engine():
             "'make testbed' (as root) or 'make test', which start it." % reason,
             returncode=3,
         )
+
+
+def pytest_collection_modifyitems(config, items):
+    unrecorded = [
+        item.nodeid for item in items if item.get_closest_marker("fault") and "fault_case" not in item.fixturenames
+    ]
+    if unrecorded:
+        raise pytest.UsageError("tests marked fault must take the fault_case fixture: %s" % ", ".join(unrecorded))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.fault_call_report = report
+
+
+@pytest.fixture
+def fault_case(request):
+    """One row of the fault matrix (tests/testbed/faults.py): the test's `fault` mark says what, where
+    and the outcome expected; the test adds what it observed; rows come from its row writers. The
+    row is written when the test ends, passed or not."""
+    marker = request.node.get_closest_marker("fault")
+    if marker is None:
+        pytest.fail("fault_case is for tests marked @pytest.mark.fault(what, where=..., expected=...)")
+    callspec = getattr(request.node, "callspec", None)
+    case = faults.FaultCase(
+        request.node.nodeid, *marker.args, params=callspec.params if callspec else {}, **marker.kwargs
+    )
+    faults.current = case
+    started = time.monotonic()
+    yield case
+    faults.current = None
+    report = getattr(request.node, "fault_call_report", None)
+    case.write(passed=bool(report and report.passed), seconds=time.monotonic() - started)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 import testbed
+from faults import REFUSED
 
 POPULATE = r"""
 set -e
@@ -364,8 +365,13 @@ def corrupt(archive, how):
     Path(archive).write_bytes(bytes(data))
 
 
+@pytest.mark.fault(
+    "a backup archive damaged ({how}) between backup and restore",
+    where="volume_backup verify, restore",
+    expected=REFUSED,
+)
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
-def test_damaged_archive_is_refused_before_the_volume_is_touched(volumes, images, tmp_path, how):
+def test_damaged_archive_is_refused_before_the_volume_is_touched(volumes, images, tmp_path, how, fault_case):
     vol = volumes("echo original > /data/a", images)
     result = backup(vol, tmp_path)
     busybox(vol, "echo current > /data/a", images)
@@ -373,6 +379,7 @@ def test_damaged_archive_is_refused_before_the_volume_is_touched(volumes, images
     for state in ("verify", "restore"):
         answer = testbed.run_module("volume_backup", dict(name=vol, state=state, archive=result["archive"]))
         assert answer["failed"] and "does not match its manifest" in answer["msg"], answer
+    fault_case.observed(answer["msg"])
     assert busybox(vol, "cat /data/a", images, "ro").strip() == "current"
 
 

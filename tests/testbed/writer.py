@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 
+import faults
 import testbed
 
 TABLE = "numbered_writes"
@@ -120,5 +121,6 @@ def rows_written_throughout(container, at_least=50, **options):
         after = before + writer.during + 10
         testbed.wait_for(lambda: len(writer.acknowledged) >= after, 60, "the writer's rows after the block")
     lost = writer.lost()
+    faults.rows_seen(len(writer.acknowledged), len(lost))
     assert lost == [], "acknowledged rows lost: %d of %d (%s...)" % (len(lost), len(writer.acknowledged), lost[:10])
     assert writer.during >= at_least, "too few rows written during the block to tell: %d" % writer.during
