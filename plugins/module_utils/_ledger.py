@@ -56,6 +56,17 @@ ROLLBACK_EVENTS = ("rollback",)
 DEPLOY_EVENTS = ("deploy",)
 # Seconds a lock stays its run's without news (each update renews it), when the run names none.
 DEFAULT_LEASE = 600
+# What a damaged ledger file's error ends with: the repair, README.md's "Repairing the ledger".
+REPAIR_RELEASE = (
+    "nothing was changed; put the release's folder back from a backup of the ledger, or move it out of "
+    "releases/ (that release can then no longer be a target); see 'Repairing the ledger' in the "
+    "collection's README"
+)
+REPAIR_LINES = (
+    "nothing was changed; keep a copy of the file, then mend or delete that line and, if the running "
+    "release is no longer the current one, record it again with stackops.rollback.compose_release; "
+    "see 'Repairing the ledger' in the collection's README"
+)
 # Events that change what a project runs for good. A failed rollback (put back or not) and a
 # failed deploy (rolled back by its rescue) are recorded but never become `current` or `previous`.
 SETTLED_EVENTS = DEPLOY_EVENTS + ROLLBACK_EVENTS
@@ -127,6 +138,11 @@ def utc_stamp_of(epoch):
 
 def sha256_bytes(data):
     return hashlib.sha256(data).hexdigest()
+
+
+def checksum_of(record):
+    """sha256 of a record's canonical JSON: what release.json keeps of its own content."""
+    return sha256_bytes(json.dumps(record, sort_keys=True).encode())
 
 
 def fingerprint(files, services):
@@ -218,14 +234,27 @@ class Ledger:
         path = os.path.join(self.release_dir(release_id), "release.json")
         try:
             with open(path) as fh:
-                return json.load(fh)
+                release = json.load(fh)
         except OSError as exc:
             raise LedgerError(
                 "release %s of project %s is not in the ledger at %s (%s); list the releases with "
                 "stackops.rollback.compose_release_info" % (release_id, self.project, self.dir, exc.strerror)
             ) from exc
         except ValueError as exc:
-            raise LedgerError("release file %s is damaged: %s" % (path, exc)) from exc
+            raise LedgerError("release file %s is damaged (%s); %s" % (path, exc, REPAIR_RELEASE)) from exc
+        # Written with a checksum of its own content (releases recorded before it have none): an
+        # edit by hand, a digest or an image id changed, shows.
+        checksum = release.pop("checksum", None) if isinstance(release, dict) else None
+        if (
+            not isinstance(release, dict)
+            or release.get("id") != release_id
+            or checksum not in (None, checksum_of(release))
+        ):
+            raise LedgerError(
+                "release file %s does not match its checksum: it was changed since it was recorded; %s"
+                % (path, REPAIR_RELEASE)
+            )
+        return release
 
     def releases(self):
         """Every recorded release, oldest first."""
@@ -244,8 +273,8 @@ class Ledger:
             data = fh.read()
         if sha256 is not None and sha256_bytes(data) != sha256:
             raise LedgerError(
-                "the ledger's copy of %s in release %s does not match its checksum; the ledger at %s is damaged"
-                % (relpath, release_id, self.dir)
+                "the ledger's copy of %s in release %s (%s) does not match its checksum; the ledger at %s is "
+                "damaged; %s" % (relpath, release_id, path, self.dir, REPAIR_RELEASE)
             )
         return data
 
@@ -261,8 +290,9 @@ class Ledger:
                 dest = os.path.join(tmp, "files", safe_relpath(entry["path"]))
                 os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
                 atomic_write(dest, contents[entry["path"]], 0o600)
+            stored = dict(release, checksum=checksum_of(release))
             atomic_write(
-                os.path.join(tmp, "release.json"), (json.dumps(release, indent=2, sort_keys=True) + "\n").encode()
+                os.path.join(tmp, "release.json"), (json.dumps(stored, indent=2, sort_keys=True) + "\n").encode()
             )
             os.rename(tmp, final)
         except BaseException:
@@ -279,7 +309,7 @@ class Ledger:
         try:
             return json.loads(data.decode("utf-8"))
         except ValueError as exc:
-            raise LedgerError("deploy record %s is damaged: %s" % (path, exc)) from exc
+            raise LedgerError("deploy record %s is damaged (%s); %s" % (path, exc, REPAIR_RELEASE)) from exc
 
     def write_deploy_record(self, release_id, record):
         """Replace a release's deploy record (atomically); False when it already says the same."""
@@ -311,7 +341,10 @@ class Ledger:
         try:
             return json.loads(data.decode("utf-8")) if data else {}
         except ValueError as exc:
-            raise LedgerError("the ledger's pinned-files record %s is damaged: %s" % (self.pinned_path, exc)) from exc
+            raise LedgerError(
+                "the ledger's pinned-files record %s is damaged (%s); nothing was changed; see 'Repairing the "
+                "ledger' in the collection's README" % (self.pinned_path, exc)
+            ) from exc
 
     def pinned_files(self, project_src):
         """{path: {pinned sha256: {original, release, kind}}}: each content a rollback wrote with its
@@ -364,7 +397,7 @@ class Ledger:
                 try:
                     entries.append(json.loads(line))
                 except ValueError as exc:
-                    raise LedgerError("%s line %d is damaged: %s" % (path, number, exc)) from exc
+                    raise LedgerError("%s line %d is damaged (%s); %s" % (path, number, exc, REPAIR_LINES)) from exc
         return entries
 
     def append_event(self, event):

@@ -7,6 +7,7 @@ is not answering here the whole session fails with the reason.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testbed"))
 
 import faults
 import testbed
+from shop import LEDGER, RecreateShop
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,6 +82,31 @@ def compose_stack(tmp_path, request):
     stacks = testbed.Stacks(tmp_path, "st-" + request.node.name[:20].lower().replace("_", "-").strip("-"))
     yield stacks
     stacks.down()
+
+
+@pytest.fixture
+def make_shop(compose_stack, images, free_port, tmp_path):
+    """Factory: make_shop(app=None) -> the test shop (app + PostgreSQL, not deployed) rolled back by
+    the recreate playbook, its app's image from repository `app` (the test images' by default)."""
+    made = []
+
+    def make(app=None):
+        port = free_port()
+        stack = compose_stack(
+            testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=app or images["APP_IMAGE"], port=port)
+        )
+        made.append(stack.name)
+        return RecreateShop(stack, port, tmp_path)
+
+    yield make
+    for name in made:
+        shutil.rmtree(LEDGER / "projects" / name, ignore_errors=True)
+
+
+@pytest.fixture
+def shop(make_shop):
+    """The test shop (app + PostgreSQL, not deployed) rolled back by the recreate playbook."""
+    return make_shop()
 
 
 @pytest.fixture

@@ -30,16 +30,6 @@ PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
 DEPLOY_EXAMPLE = testbed.REPO_ROOT / "docs" / "examples" / "deploy.yml"
 
 
-@pytest.fixture
-def shop(compose_stack, images, free_port, tmp_path):
-    port = free_port()
-    stack = compose_stack(
-        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
-    )
-    yield RecreateShop(stack, port, tmp_path)
-    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
-
-
 # Tests marked serial run alone (make integration's second part): they read each service's downtime
 # from the engine's events, which the engine keeps 256 of (another test's health checks push them
 # out: measured, the report then says so and gives its bound). The revert tests give the target a

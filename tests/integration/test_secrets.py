@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import stat
 import urllib.parse
 
-import pytest
 import testbed
-from shop import LEDGER, RecreateShop
+from shop import LEDGER
 
 # Values no other part of a run would print by chance; the password has characters that URL and
 # base64 encodings change.
@@ -39,17 +37,6 @@ ALL_FORMS = sorted(set().union(*(forms(s) for s in [DB_PASSWORD, *ENV_SECRETS.va
 def assert_no_secret(text, where):
     found = [form for form in ALL_FORMS if form in text]
     assert not found, "%s holds a secret (%s)" % (where, ", ".join(found))
-
-
-@pytest.fixture
-def shop(compose_stack, images, free_port, tmp_path):
-    port = free_port()
-    stack = compose_stack(
-        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port),
-        prefix="st-secrets",
-    )
-    yield RecreateShop(stack, port, tmp_path)
-    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
 def deploy(shop, tag):

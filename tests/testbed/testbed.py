@@ -579,6 +579,48 @@ def small_filesystem(path, size="2m", options=""):
         run(["umount", str(path)], check=False)
 
 
+@contextlib.contextmanager
+def private_registry(directory):
+    """A registry of the test's own on a free port of 127.0.0.1 (the engine trusts 127.0.0.0/8 without
+    TLS), storage under directory, deletes enabled: yields its address; `stop()` on it makes it
+    unreachable. Stopped and its storage left to the test's tmp_path when the block ends."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+        "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%d\n" % (directory / "data", port)
+    )
+    log = open(directory / "registry.log", "wb")  # noqa: SIM115 - open for the process's life
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    address = "127.0.0.1:%d" % port
+    try:
+        wait_for(lambda: http_get("http://%s/v2/" % address)[0] == 200, 15, "the private registry on " + address)
+        yield PrivateRegistry(address, process)
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+
+
+class PrivateRegistry:
+    def __init__(self, address, process):
+        self.address = address
+        self.process = process
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+    def delete(self, repository, digest):
+        """Delete a manifest by digest (what `docker image rm` cannot do to a registry)."""
+        request = urllib.request.Request(
+            "http://%s/v2/%s/manifests/%s" % (self.address, repository, digest), method="DELETE"
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 202, answer.status
+
+
 def remove_volume(name):
     run(["docker", "volume", "rm", "-f", name], check=False)
 

@@ -96,6 +96,50 @@ def test_store_release_is_private_and_write_once(tmp_path):
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) & 0o077 == 0
 
 
+def stored_release(tmp_path):
+    ledger = Ledger(str(tmp_path / "ledger"), "shop")
+    release = {"id": "0123456789ab", "files": [], "services": {"app": {"image_id": "sha256:aa"}}, "created": "t"}
+    ledger.store_release(release, {})
+    return ledger, release, tmp_path / "ledger" / "projects" / "shop" / "releases" / "0123456789ab" / "release.json"
+
+
+def test_a_release_reads_back_as_stored_and_one_recorded_without_a_checksum_still_reads(tmp_path):
+    ledger, release, path = stored_release(tmp_path)
+    assert ledger.get("0123456789ab") == release
+    older = json.loads(path.read_text())
+    del older["checksum"]
+    path.write_text(json.dumps(older))
+    assert ledger.get("0123456789ab") == release
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda text: text[:40], "is damaged"),
+        (lambda text: text.replace("sha256:aa", "sha256:bb"), "does not match its checksum"),
+        (lambda text: text.replace("0123456789ab", "0123456789ac"), "does not match its checksum"),
+        (lambda text: "[]", "does not match its checksum"),
+    ],
+    ids=["truncated", "image-edited", "id-edited", "not-a-release"],
+)
+def test_a_damaged_or_edited_release_file_is_refused_naming_it_and_its_repair(tmp_path, damage, words):
+    ledger, _release, path = stored_release(tmp_path)
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(LedgerError) as raised:
+        ledger.get("0123456789ab")
+    message = str(raised.value)
+    assert words in message and str(path) in message and "Repairing the ledger" in message, message
+
+
+def test_a_damaged_history_line_is_named_with_its_repair(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.append_event({"event": "deploy", "release": "a"})
+    with open(ledger.history_path, "a") as fh:
+        fh.write('{"event": "depl\n')
+    with pytest.raises(LedgerError, match=r"history.jsonl line 2 is damaged .*record it again .*Repairing the ledger"):
+        ledger.history()
+
+
 def test_lock_takeover_returns_the_dead_runs_record(tmp_path):
     ledger = Ledger(str(tmp_path), "shop")
     assert ledger.acquire({"holder": "first", "token": "t1", "phase": "stopped"}) == (True, None)
