@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """The fault matrix's page, from the last run's results (tests/output/reliability/*.json, one per
 test marked `fault`; see tests/testbed/faults.py).
 
-    scripts/reliability.py [--out docs/reliability.md] [--check]
+    python scripts/reliability.py [--out docs/reliability.md] [--check]
 
 --check fails (exit 1) unless the results hold at least MINIMUM cases, every one passed and no
 case lost a row: `make test` runs it after the integration tests, so a matrix that shrank or a

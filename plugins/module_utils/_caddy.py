@@ -70,6 +70,10 @@ def config_url(admin_url):
     return (admin_url or DEFAULT_ADMIN_URL).rstrip("/") + "/config/"
 
 
+# How many times a read-only exec that answered nothing is asked again.
+EMPTY_EXEC_ATTEMPTS = 3
+
+
 def parse_config(body, where):
     try:
         return json.loads(body or "null")
@@ -238,11 +242,20 @@ class ContainerCaddy:
             self._put_file(directory, name, text.encode("utf-8"))
         path = directory + "/" + name
         try:
-            rc, out, err = self._exec(
-                ["caddy", "adapt", "--config", path, "--adapter", "caddyfile", "--validate"], timeout
-            )
+            # The engine can lose a short exec's output (it answers rc 0 and nothing, seen under load):
+            # adapting only reads, so ask again rather than take no config for an empty one.
+            for _attempt in range(EMPTY_EXEC_ATTEMPTS):
+                rc, out, err = self._exec(
+                    ["caddy", "adapt", "--config", path, "--adapter", "caddyfile", "--validate"], timeout
+                )
+                if rc != 0 or out.strip():
+                    break
         finally:
             self._exec(["rm", "-f", path], timeout)
+        if rc == 0 and not out.strip():
+            raise CaddyError(
+                "caddy adapt in %s answered nothing %d times; nothing was changed" % (self.name, EMPTY_EXEC_ATTEMPTS)
+            )
         if rc != 0:
             raise CaddyError("Caddy rejects the new Caddyfile: %s" % last_lines(err.replace(path, self.inner_path)))
         return parse_config(out, "caddy adapt in %s" % self.name)
@@ -263,12 +276,15 @@ class ContainerCaddy:
     def running_config(self, timeout=10):
         url = config_url(self.admin_url)
         for fetcher in self.FETCHERS:
-            try:
-                rc, out, err = self._exec([*fetcher, url], timeout)
-            except CaddyError as exc:
-                raise CaddyError(
-                    "the Caddy admin API at %s is unreachable from container %s (%s)" % (url, self.name, exc)
-                ) from exc
+            for _attempt in range(EMPTY_EXEC_ATTEMPTS):  # the admin API always answers a body ("null" at least)
+                try:
+                    rc, out, err = self._exec([*fetcher, url], timeout)
+                except CaddyError as exc:
+                    raise CaddyError(
+                        "the Caddy admin API at %s is unreachable from container %s (%s)" % (url, self.name, exc)
+                    ) from exc
+                if rc != 0 or out.strip():
+                    break
             if rc == 0:
                 return parse_config(out, url)
             if rc in (126, 127) or any(word in err + out for word in self.NOT_APPLICABLE):

@@ -561,9 +561,15 @@ class Ledger:
                 return True, None
             if not self.may_take(current, takeover_token, now, grace):
                 raise LockHeld(self, current)
-            data["resumes"] = {k: v for k, v in current.items() if k != "resumes"}
+            resumed = current
+            # A run that took a dead run's lock over and died before it wrote a plan of its own
+            # leaves the dead run's plan unfinished: the run after it finishes that one.
+            inner = current.get("resumes")
+            if "plan" not in current and isinstance(inner, dict) and "plan" in inner:
+                resumed = inner
+            data["resumes"] = {k: v for k, v in resumed.items() if k != "resumes"}
             self._write_lock(data)
-            return True, current
+            return True, resumed
 
     def update_lock(self, token, data, now=None):
         """Merge data (the plan, the phase reached) into the lock this token holds and renew its

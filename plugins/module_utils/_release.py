@@ -510,11 +510,12 @@ def plan_checkout(project_src, release, contents, explicit_files=False):
     return writes, removals, {"before": "".join(before), "after": "".join(after)}
 
 
-def apply_checkout(project_src, release, contents, writes, removals, keep_dir):
-    """Write the planned files (each atomically); removed files are moved to keep_dir."""
+def apply_checkout(project_src, release, contents, writes, removals, keep_dir, private=False):
+    """Write the planned files (each atomically); removed files are moved to keep_dir. `private`
+    (a staged copy inside the ledger): every file for its owner alone, as the ledger's own are."""
     for entry in writes:
         path = os.path.join(project_src, entry["path"])
-        if entry["kind"] in ENV_KINDS:
+        if entry["kind"] in ENV_KINDS or private:
             mode = ENV_MODE
         elif os.path.exists(path):
             mode = os.stat(path).st_mode & 0o7777
@@ -845,7 +846,7 @@ class Releases:
                         if e["path"] in changed_by_pins
                     },
                 )
-            apply_checkout(project_src, release, wanted, writes, removals, ledger.removed_dir())
+            apply_checkout(project_src, release, wanted, writes, removals, ledger.removed_dir(), private=bool(staging))
             if pin and staging:
                 atomic_write(pin_path, pin.encode(), 0o600)
             elif pin:

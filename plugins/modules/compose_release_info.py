@@ -141,6 +141,12 @@ deployed:
   description: What runs now, as a release (no file contents).
   returned: when O(compare_deployed=true)
   type: dict
+deployed_states:
+  description:
+    - The state of each service's container now (V(running), V(exited), V(created), ...), as the engine says.
+  returned: when O(compare_deployed=true)
+  type: dict
+  sample: {"app": "running", "db": "exited"}
 lock:
   description: Holder of the project's rollback lock, or V(null).
   returned: success
@@ -219,6 +225,7 @@ def releases_info(module, engine):
         deployed_id = result["deployed_id"] = release["id"]
         # The ledger's record of it, when there is one, carries its version label.
         result["deployed"] = summary(by_id.get(deployed_id) or release)
+        result["deployed_states"] = {name: svc.get("state") for name, svc in release["services"].items()}
         # What runs but was never recorded counts as the latest deploy for `previous`.
         result["previous"] = summary(by_id.get(ledger.previous_id(deployed_id)))
     if params.get("target"):

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testbed"))
 
 import faults
 import testbed
-from shop import LEDGER, RecreateShop
+from proxy import HostCaddy, host_migrates_queued_connections
+from shop import LEDGER, BlueGreenShop, RecreateShop
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -107,6 +108,19 @@ def make_shop(compose_stack, images, free_port, tmp_path):
 def shop(make_shop):
     """The test shop (app + PostgreSQL, not deployed) rolled back by the recreate playbook."""
     return make_shop()
+
+
+@pytest.fixture
+def bg_shop(compose_stack, images, free_port, tmp_path):
+    """The test shop behind a Caddy of its own (on the host network), rolled back by the blue_green playbook."""
+    port = free_port()
+    stack = compose_stack(
+        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
+    )
+    with host_migrates_queued_connections():
+        caddy = HostCaddy(compose_stack, images, tmp_path / "proxy", stack.name, "127.0.0.1:%d" % port)
+        yield BlueGreenShop(stack, port, tmp_path, caddy)
+    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
 @pytest.fixture

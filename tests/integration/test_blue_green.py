@@ -36,18 +36,6 @@ from writer import rows_written_throughout
 # serial part), as another test's load would skew the count. The others run beside other tests.
 
 
-@pytest.fixture
-def bg_shop(compose_stack, images, free_port, tmp_path):
-    port = free_port()
-    stack = compose_stack(
-        testbed.SHOP_COMPOSE.format(postgres=images["POSTGRES_IMAGE"], app=images["APP_IMAGE"], port=port)
-    )
-    with host_migrates_queued_connections():
-        caddy = HostCaddy(compose_stack, images, tmp_path / "proxy", stack.name, "127.0.0.1:%d" % port)
-        yield BlueGreenShop(stack, port, tmp_path, caddy)
-    shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
-
-
 def assert_ok(result):
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import proxy as proxy_module
 import pytest
 import testbed
+from faults import REFUSED, REVERTED
 from proxy import CADDYFILE, Proxy, admin_dials, container_proxy, running_dials_in, switch_under_load
 
 # Tests that count failed requests under load, or read a kernel setting of the host's network
@@ -212,6 +213,12 @@ def assert_refused(proxy, result, words, dials_before, text_before):
     assert proxy.served() == "v1"
 
 
+@pytest.mark.fault(
+    "a bad argument (a site not in the Caddyfile or without reverse_proxy, an upstream not host:port, "
+    "a missing container, an unreachable admin API)",
+    where="caddy_upstream switch",
+    expected=REFUSED,
+)
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -224,14 +231,20 @@ def assert_refused(proxy, result, words, dials_before, text_before):
     ],
     ids=["unknown-site", "no-reverse-proxy", "not-host-port", "bad-port", "no-container", "admin-unreachable"],
 )
-def test_bad_input_changes_nothing(caddy_container, args, words):
+def test_bad_input_changes_nothing(caddy_container, args, words, fault_case):
     proxy = caddy_container
     before, dials_before = proxy.caddyfile.read_text(), running_dials_in(proxy.container)
     result = testbed.run_module("caddy_upstream", {**proxy.module_args, "upstreams": ["green:8080"], **args})
     assert_refused(proxy, result, words, dials_before, before)
+    fault_case.observed(result["msg"])
 
 
-def test_ambiguous_directive_lists_the_candidates(caddy_container):
+@pytest.mark.fault(
+    "two reverse_proxy directives in the site and no match to choose one",
+    where="caddy_upstream switch",
+    expected=REFUSED,
+)
+def test_ambiguous_directive_lists_the_candidates(caddy_container, fault_case):
     proxy = caddy_container
     text = proxy.caddyfile.read_text().replace(
         "\timport headers\n", "\timport headers\n\thandle /api/* {\n\t\treverse_proxy blue:8080\n\t}\n"
@@ -251,11 +264,17 @@ def test_ambiguous_directive_lists_the_candidates(caddy_container):
         dials_before,
         before,
     )
+    fault_case.observed(result["msg"])
     chosen = proxy.switch(["green:8080"], match="/api/*")
     assert chosen["changed"] and chosen["previous_upstreams"] == ["blue:8080"], chosen
     assert running_dials_in(proxy.container) == [["green:8080"], ["blue:8080"]]
 
 
+@pytest.mark.fault(
+    "a malformed Caddyfile (an unknown directive, a missing brace, an open quote)",
+    where="caddy_upstream switch",
+    expected=REFUSED,
+)
 @pytest.mark.parametrize(
     "breakage, words",
     [
@@ -268,7 +287,7 @@ def test_ambiguous_directive_lists_the_candidates(caddy_container):
     ],
     ids=["unknown-directive", "missing-brace", "open-quote"],
 )
-def test_malformed_caddyfile_changes_nothing(caddy_container, breakage, words):
+def test_malformed_caddyfile_changes_nothing(caddy_container, breakage, words, fault_case):
     proxy = caddy_container
     broken = proxy.caddyfile.read_text().replace(*breakage)
     assert broken != proxy.caddyfile.read_text()
@@ -276,18 +295,22 @@ def test_malformed_caddyfile_changes_nothing(caddy_container, breakage, words):
     dials_before = running_dials_in(proxy.container)
     result = proxy.switch(["green:8080"])
     assert_refused(proxy, result, words, dials_before, broken)
+    fault_case.observed(result["msg"])
 
 
-def test_stopped_container_changes_nothing(caddy_container):
+@pytest.mark.fault("the Caddy container is stopped", where="caddy_upstream switch", expected=REFUSED)
+def test_stopped_container_changes_nothing(caddy_container, fault_case):
     proxy = caddy_container
     before = proxy.caddyfile.read_text()
     proxy.stack.compose("stop", "caddy")
     result = proxy.switch(["green:8080"])
     assert result.get("failed") and "is exited, not running" in result["msg"], result
+    fault_case.observed(result["msg"])
     assert proxy.caddyfile.read_text() == before
 
 
-def test_unwritable_caddyfile_changes_nothing(caddy_container):
+@pytest.mark.fault("a Caddyfile that cannot be written (immutable)", where="caddy_upstream switch", expected=REFUSED)
+def test_unwritable_caddyfile_changes_nothing(caddy_container, fault_case):
     proxy = caddy_container
     before, dials_before = proxy.caddyfile.read_text(), running_dials_in(proxy.container)
     testbed.run(["chattr", "+i", str(proxy.caddyfile)])
@@ -296,6 +319,7 @@ def test_unwritable_caddyfile_changes_nothing(caddy_container):
     finally:
         testbed.run(["chattr", "-i", str(proxy.caddyfile)])
     assert_refused(proxy, result, ["is not writable"], dials_before, before)
+    fault_case.observed(result["msg"])
 
 
 # A `caddy` earlier in the container's PATH that spoils the next reload once, then steps aside:
@@ -313,6 +337,11 @@ exec /usr/bin/caddy "$@"
 """
 
 
+@pytest.mark.fault(
+    "the caddy reload after the Caddyfile was written misbehaves once ({how})",
+    where="caddy_upstream switch",
+    expected=REVERTED,
+)
 @pytest.mark.parametrize(
     "how, words",
     [
@@ -322,7 +351,7 @@ exec /usr/bin/caddy "$@"
     ],
     ids=["reload-fails", "reload-hangs", "reload-changes-nothing"],
 )
-def test_failed_reload_puts_the_previous_file_and_config_back(caddy_container, tmp_path, how, words):
+def test_failed_reload_puts_the_previous_file_and_config_back(caddy_container, tmp_path, how, words, fault_case):
     proxy = caddy_container
     saboteur = tmp_path / "caddy"
     saboteur.write_text(RELOAD_SABOTEUR)
@@ -334,4 +363,5 @@ def test_failed_reload_puts_the_previous_file_and_config_back(caddy_container, t
     assert_refused(
         proxy, result, [*words, "the previous Caddyfile is back and Caddy runs it again"], dials_before, before
     )
+    fault_case.observed(result["msg"])
     assert result["backup_file"] and os.path.exists(result["backup_file"])

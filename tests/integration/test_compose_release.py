@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import testbed
+from faults import CONVERGES, REFUSED
 
 COMPOSE = """\
 services:
@@ -195,11 +196,17 @@ def test_a_changed_service_env_file_makes_the_git_work_tree_dirty(run_module, ap
     assert dirty["release"]["git"]["dirty"] is True, dirty["release"]["git"]
 
 
-def test_unknown_target_and_a_label_on_two_releases_are_clear_errors(run_module, app_stack):
+@pytest.mark.fault(
+    "a target that names no release, and a version label on two releases",
+    where="compose_release_info target",
+    expected=REFUSED,
+)
+def test_unknown_target_and_a_label_on_two_releases_are_clear_errors(run_module, app_stack, fault_case):
     first = record(run_module, app_stack, version="v1")["release_id"]
     result = info(run_module, app_stack, target="0123456789ab")
     assert result.get("failed"), result
     assert "neither a release id" in result["msg"] and app_stack.name in result["msg"]
+    fault_case.observed(result["msg"])
     # Other content recorded under the same version label: which one is meant cannot be told.
     deploy(app_stack, "v2")
     second = record(run_module, app_stack, version="v1")["release_id"]
@@ -207,20 +214,25 @@ def test_unknown_target_and_a_label_on_two_releases_are_clear_errors(run_module,
     assert twice.get("failed"), twice
     assert "target 'v1' is the version label of 2 releases of project %s" % app_stack.name in twice["msg"]
     assert first in twice["msg"] and second in twice["msg"] and "name the release id instead" in twice["msg"]
+    fault_case.observed(twice["msg"])
 
 
-def test_no_previous_release_is_a_clear_error(run_module, app_stack):
+@pytest.mark.fault("target=previous with one release recorded", where="compose_release_info target", expected=REFUSED)
+def test_no_previous_release_is_a_clear_error(run_module, app_stack, fault_case):
     record(run_module, app_stack)
     result = info(run_module, app_stack, target="previous")
     assert result.get("failed"), result
     assert "has no previous release" in result["msg"]
+    fault_case.observed(result["msg"])
 
 
-def test_recording_an_undeployed_project_fails_and_writes_nothing(run_module, app_stack):
+@pytest.mark.fault("recording a project that has no container", where="compose_release state=present", expected=REFUSED)
+def test_recording_an_undeployed_project_fails_and_writes_nothing(run_module, app_stack, fault_case):
     app_stack.compose("down", "-t", "1")
     result = record(run_module, app_stack)
     assert result.get("failed"), result
     assert "have no container" in result["msg"]
+    fault_case.observed(result["msg"])
     assert not os.path.exists(os.path.join(app_stack.ledger, "projects", app_stack.name, "releases"))
 
 
@@ -228,7 +240,12 @@ def lock(run_module, ledger, token, **extra):
     return run_module("rollback_lock", dict(project="shop", ledger_dir=ledger, token=token, **extra))
 
 
-def test_lock_names_its_live_holder(run_module, tmp_path):
+@pytest.mark.fault(
+    "a second run takes, or removes, the lock a live run holds",
+    where="rollback_lock state=present, state=absent",
+    expected=REFUSED,
+)
+def test_lock_names_its_live_holder(run_module, tmp_path, fault_case):
     ledger = str(tmp_path / "ledger")
     # This test process stands for a play that is still running on this controller.
     alive = dict(holder="alice's play", controller_pid=os.getpid())
@@ -241,13 +258,20 @@ def test_lock_names_its_live_holder(run_module, tmp_path):
     other = lock(run_module, ledger, "run-2", holder="bob's play")
     assert other.get("failed"), other
     assert "alice's play" in other["msg"] and "another rollback holds the lock" in other["msg"]
+    fault_case.observed(other["msg"])
     wrong = lock(run_module, ledger, "run-2", state="absent")
     assert wrong.get("failed") and "not removing it" in wrong["msg"], wrong
+    fault_case.observed(wrong["msg"])
     assert lock(run_module, ledger, "run-1", state="absent")["changed"]
     assert lock(run_module, ledger, "run-2")["changed"]
 
 
-def test_lock_of_a_dead_run_is_taken_over_with_its_record(run_module, tmp_path):
+@pytest.mark.fault(
+    "the run holding the lock died (its controller process is gone)",
+    where="rollback_lock state=present",
+    expected=CONVERGES,
+)
+def test_lock_of_a_dead_run_is_taken_over_with_its_record(run_module, tmp_path, fault_case):
     ledger = str(tmp_path / "ledger")
     finished = subprocess.Popen(["true"])
     finished.wait()
@@ -255,16 +279,23 @@ def test_lock_of_a_dead_run_is_taken_over_with_its_record(run_module, tmp_path):
     assert held["changed"], held
     taken = lock(run_module, ledger, "run-2", holder="the next run")
     assert taken["changed"] and "took over the lock of a run that died" in taken["msg"], taken
+    fault_case.observed(taken["msg"])
     assert taken["resumed"]["phase"] == "switched" and taken["resumed"]["to"] == "abc"
     assert taken["holder"]["token"] == "run-2"
 
 
-def test_lock_of_another_controller_is_not_taken_over(run_module, tmp_path):
+@pytest.mark.fault(
+    "a lock held by a run on another controller (its process cannot be seen)",
+    where="rollback_lock state=present",
+    expected=REFUSED,
+)
+def test_lock_of_another_controller_is_not_taken_over(run_module, tmp_path, fault_case):
     ledger = str(tmp_path / "ledger")
     held = lock(run_module, ledger, "run-1", controller="elsewhere", controller_pid=1)
     assert held["changed"], held
     refused = lock(run_module, ledger, "run-2")
     assert refused.get("failed") and "controller elsewhere" in refused["msg"], refused
+    fault_case.observed(refused["msg"])
     forced = lock(run_module, ledger, "run-2", state="absent", force=True)
     assert forced["changed"], forced
 
@@ -272,7 +303,12 @@ def test_lock_of_another_controller_is_not_taken_over(run_module, tmp_path):
 HOLD_LOCK = testbed.REPO_ROOT / "tests" / "integration" / "playbooks" / "hold_lock.yml"
 
 
-def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_path):
+@pytest.mark.fault(
+    "the controller holding the lock is killed mid-run; a second controller asks for the lock",
+    where="rollback_lock state=present",
+    expected=CONVERGES,
+)
+def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_path, fault_case):
     """Two controllers of different hostnames, as two AWX jobs: the second waits for the first's
     lock, then fails naming it; once the first is killed, the second takes the lock over when the
     first's lease has ended (its process cannot be seen from the second controller)."""
@@ -304,6 +340,7 @@ def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_
         assert refused.get("failed"), refused
         for part in ("(waited 3s)", "job 41", "awx-job-41", "from release aaaaaaaaaaaa to bbbbbbbbbbbb", "force=true"):
             assert part in refused["msg"], refused["msg"]
+        fault_case.observed(refused["msg"])
         assert waited >= 3, waited
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -314,10 +351,16 @@ def test_a_second_controller_waits_then_takes_over_once_the_lease_has_ended(tmp_
     assert time.time() >= expires + grace, "taken over before the lease and its grace had ended"
     assert taken["resumed"]["token"] == "run-1" and taken["resumed"]["plan"]["to"] == "bbbbbbbbbbbb", taken
     assert "took over the lock of a run whose lease ended (job 41, controller awx-job-41" in taken["msg"], taken
+    fault_case.observed(taken["msg"])
     assert taken["holder"]["controller"] == "awx-job-42"
 
 
-def test_a_live_run_is_not_taken_over_during_a_step_longer_than_its_lease(app_stack):
+@pytest.mark.fault(
+    "a second controller asks for the lock while a live run's step lasts longer than its lease",
+    where="rollback_lock state=present (lease renewed by compose_health)",
+    expected=REFUSED,
+)
+def test_a_live_run_is_not_taken_over_during_a_step_longer_than_its_lease(app_stack, fault_case):
     """A health wait three times longer than the run's lease: the module keeps the lease while it
     waits, so a second controller is refused all through the step; once the step has ended, the
     lease runs out and the second controller takes the lock over."""
@@ -352,6 +395,7 @@ def test_a_live_run_is_not_taken_over_during_a_step_longer_than_its_lease(app_st
         refused = testbed.run_module("rollback_lock", second, controller="awx-job-42")
         assert refused.get("failed") and "job 41" in refused["msg"], (attempt, refused)
         time.sleep(3)
+    fault_case.observed(refused["msg"])
     assert step.is_alive(), "the step ended before the second controller had tried twice"
     step.join(timeout=step_seconds + 60)
     assert waited and waited[0]["healthy"] is False and not waited[0].get("failed"), waited
@@ -360,7 +404,10 @@ def test_a_live_run_is_not_taken_over_during_a_step_longer_than_its_lease(app_st
     assert taken.get("changed") and taken["resumed"]["token"] == "run-1", taken
 
 
-def test_an_empty_lock_file_is_taken_over_after_its_grace(run_module, tmp_path):
+@pytest.mark.fault(
+    "an empty lock file (a crash right after it was created)", where="rollback_lock state=present", expected=CONVERGES
+)
+def test_an_empty_lock_file_is_taken_over_after_its_grace(run_module, tmp_path, fault_case):
     lock_file = tmp_path / "ledger" / "projects" / "shop" / "lock"
     lock_file.parent.mkdir(parents=True)
     lock_file.touch()  # created, never written: a crash right after it was created
@@ -369,8 +416,10 @@ def test_an_empty_lock_file_is_taken_over_after_its_grace(run_module, tmp_path):
     args = dict(project="shop", ledger_dir=str(tmp_path / "ledger"), token="run-2")
     refused = run_module("rollback_lock", dict(args, grace=600))  # written 100 s ago: within its grace
     assert refused.get("failed") and "empty or damaged lock file" in refused["msg"], refused
+    fault_case.observed(refused["msg"])
     taken = run_module("rollback_lock", dict(args, grace=60))  # past its grace
     assert taken["changed"] and "an empty or damaged lock file" in taken["msg"], taken
+    fault_case.observed(taken["msg"])
     assert taken["holder"]["token"] == "run-2"
 
 

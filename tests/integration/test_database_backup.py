@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import testbed
+from faults import REFUSED
 
 ROWS_PER_TRANSACTION = 5
 WRITER_MAX_TRANSACTIONS = 4000
@@ -225,7 +226,12 @@ def test_online_dump_is_consistent_and_restores_whole_transactions(database, tmp
     assert db.started_at() == started, "the database was restarted for its restore"
 
 
-def test_a_damaged_dump_is_refused_before_the_database_is_touched(database, tmp_path):
+@pytest.mark.fault(
+    "a {database} dump damaged (one byte flipped) between backup and restore",
+    where="database_backup restore",
+    expected=REFUSED,
+)
+def test_a_damaged_dump_is_refused_before_the_database_is_touched(database, tmp_path, fault_case):
     db = database
     dump = backup(db, tmp_path)["backups"][0]
     db.sql("INSERT INTO numbered VALUES (1, 1);")
@@ -236,10 +242,16 @@ def test_a_damaged_dump_is_refused_before_the_database_is_touched(database, tmp_
     assert (
         answer["failed"] and "does not match its manifest" in answer["msg"] and "nothing was changed" in answer["msg"]
     )
+    fault_case.observed(answer["msg"])
     assert db.numbered() == (1, 1), "the database changed"
 
 
-def test_a_load_that_fails_leaves_the_database_as_it_was(database, tmp_path):
+@pytest.mark.fault(
+    "a {database} dump whose rows no longer fit its manifest's counts",
+    where="database_backup restore",
+    expected=REFUSED,
+)
+def test_a_load_that_fails_leaves_the_database_as_it_was(database, tmp_path, fault_case):
     """A dump whose rows no longer fit the manifest's counts fails its load's check: nothing is lost."""
     db = database
     dump = backup(db, tmp_path)["backups"][0]
@@ -255,10 +267,16 @@ def test_a_load_that_fails_leaves_the_database_as_it_was(database, tmp_path):
     )
     assert answer["failed"], answer
     assert "does not match its manifest" in answer["msg"], answer["msg"]
+    fault_case.observed(answer["msg"])
     assert db.numbered() == (2, 2), "the database changed"
 
 
-def test_dump_client_missing_is_a_clear_error(database, tmp_path):
+@pytest.mark.fault(
+    "a {database} declaration naming a service without the dump client",
+    where="database_backup backup",
+    expected=REFUSED,
+)
+def test_dump_client_missing_is_a_clear_error(database, tmp_path, fault_case):
     db = database
     tools = dict(db.declaration, service="tools")
     answer = testbed.run_module(
@@ -267,20 +285,30 @@ def test_dump_client_missing_is_a_clear_error(database, tmp_path):
     assert answer["failed"], answer
     client = "pg_dump" if db.engine == "postgres" else "mariadb-dump"
     assert "has no %s" % client in answer["msg"] and "tools" in answer["msg"], answer["msg"]
+    fault_case.observed(answer["msg"])
     assert os.listdir(tmp_path / "d") == []
 
 
-def test_disk_full_during_a_dump_leaves_nothing(database, tmp_path):
+@pytest.mark.fault(
+    "the destination's disk fills up during a {database} dump", where="database_backup backup", expected=REFUSED
+)
+def test_disk_full_during_a_dump_leaves_nothing(database, tmp_path, fault_case):
     db, started = database, database.started_at()
     with testbed.small_filesystem(tmp_path / "small") as small:
         answer = backup(db, small)
         assert answer["failed"] and "No space left on device" in answer["msg"], answer
+        fault_case.observed(answer["msg"])
         assert os.listdir(small) == [], os.listdir(small)
     assert db.started_at() == started
     assert db.sql("SELECT count(*) FROM filler;") == str(FILLER_ROWS)
 
 
-def test_dump_failing_half_way_leaves_no_partial_archive(compose_stack, images, tmp_path):
+@pytest.mark.fault(
+    "the postgres dump's session is terminated by the server half way",
+    where="database_backup backup",
+    expected=REFUSED,
+)
+def test_dump_failing_half_way_leaves_no_partial_archive(compose_stack, images, tmp_path, fault_case):
     """The dump's session is ended from the server side while it streams: no file is left, the database serves."""
     stack = compose_stack(
         DB_COMPOSE["postgres"].format(
@@ -306,6 +334,7 @@ def test_dump_failing_half_way_leaves_no_partial_archive(compose_stack, images, 
     worker.join(timeout=120)
     assert terminated == "t", "the dump was never seen running: %s" % outcome
     assert outcome.get("failed") and "online dump" in outcome["msg"], outcome
+    fault_case.observed(outcome["msg"])
     assert os.listdir(tmp_path / "d") == [], os.listdir(tmp_path / "d")
     assert db.started_at() == started
     assert db.sql("SELECT count(*) FROM filler;") == str(FILLER_ROWS * 4)

@@ -3,13 +3,22 @@ collection. The ledger damaged by hand or by a crash, ..."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import os
+import random
 import re
+import signal
+import subprocess
+import threading
+import time
 
 import pytest
 import testbed
-from faults import CONVERGES, REFUSED
-from shop import LEDGER, host_state
+import testhosts
+from faults import CONVERGES, REFUSED, REVERTED, said
+from shop import LEDGER, RECREATE_PLAYBOOK, host_state
 from writer import rows_written_throughout
 
 
@@ -31,11 +40,10 @@ def unchanged_state(shop):
 
 
 def failure_line(result, *words):
-    """The line of the playbook's output that holds every one of words (the error it printed), from
-    the module's own message on."""
-    line = next((line.strip() for line in result.stdout.splitlines() if all(w in line for w in words)), None)
-    assert line is not None, "no line of the output says %s:\n%s" % (words, result.stdout[-6000:])
-    return re.sub(r'^"msg": ', "", line.split("Module failed: ", 1)[-1]).strip('"')
+    """What the playbook said with all of words (faults.said); fails when it said nothing so."""
+    line = said(result.stdout, *words)
+    assert line, "no line of the output says %s:\n%s" % (words, result.stdout[-6000:])
+    return line
 
 
 # -- the ledger damaged ----------------------------------------------------------------------------
@@ -176,3 +184,305 @@ def test_a_target_image_that_cannot_be_pulled_stops_the_rollback_before_anything
             assert shop.version() == "v2" and shop.rows() == ["row 1"]
         finally:
             testbed.run(["docker", "image", "rm", "-f", repository + ":v1", repository + ":v2"], check=False)
+
+
+# -- the recreate playbook killed ------------------------------------------------------------------
+# SIGKILL to the whole process group (ansible-playbook, its workers and the module running on the
+# host, as a closed laptop or an AWX job's container gone), then the same command again: it must
+# find the dead run's plan in the lock and finish it.
+
+
+def killed_when(shop, run, log, condition, within=180):
+    """Kill the run's process group once condition(lock record) holds (polled every 50 ms); returns
+    the lock record as the kill left it. Fails when the run ended first."""
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline and run.poll() is None:
+            if condition(shop.lock() or {}):
+                break
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before it was killed: %s" % log.read_text()[-3000:]
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    return shop.lock() or {}
+
+
+def assert_converged(shop, result, version, release):
+    """One version serving, the ledger says so, the lock released, no leftover copy in the ledger."""
+    assert_ok(result)
+    assert shop.version() == version
+    listing = shop.info()
+    history = [(e["event"], e["release"]) for e in listing["history"]]
+    assert listing["current"]["id"] == release and listing["lock"] is None, (release, history, listing["lock"])
+    leftovers = list((LEDGER / "projects" / shop.stack.name / "releases").glob(".new-*"))
+    assert leftovers == [], leftovers
+    running = testbed.run(["docker", "ps", "-a", "--filter", "name=" + shop.stack.name, "--format", "{{.State}}"])
+    assert sorted(running.stdout.split()) == ["running", "running"], running.stdout
+
+
+@pytest.mark.fault(
+    "the recreate playbook killed (SIGKILL, process group) at step '{step}', then run again",
+    where="recreate playbook, step {step}",
+    expected=CONVERGES,
+)
+@pytest.mark.parametrize("step", ["backup", "restore config", "start", "verify"])
+def test_a_run_killed_at_each_step_is_finished_by_the_same_command(shop, tmp_path, step, fault_case):
+    v1 = shop.deploy("v1")
+    shop.write("row 1")
+    v2 = shop.deploy("v2")
+    with rows_written_throughout(shop.stack.container_id("db"), max_seconds=400):
+        log = tmp_path / "killed.log"
+        run = shop.start_rollback(log)
+        left = killed_when(shop, run, log, lambda lock: lock.get("step") == step)
+        assert left.get("step") == step and left.get("plan") == {"from": v2, "to": v1}, left
+        result = shop.rollback()
+    assert_converged(shop, result, "v1", v1)
+    assert shop.rows() == ["row 1"]
+    fault_case.observed(failure_line(result, "it was rolling back from release %s to %s" % (v2, v1)))
+
+
+# At least ten runs killed mid-way, as the issue asks; every third re-run is killed too.
+KILL_LOOP_RUNS = 10
+
+
+@pytest.mark.fault(
+    "the recreate playbook killed at a random moment, %d runs killed mid-way, every third re-run killed too"
+    % KILL_LOOP_RUNS,
+    where="recreate playbook, anywhere",
+    expected=CONVERGES,
+)
+def test_runs_killed_at_random_moments_always_converge(shop, tmp_path, fault_case):
+    """Back and forth between v1 and v2 (by release id); each run killed at a moment drawn from the
+    first three quarters of a whole run's length, then the same command finishes it, until ten runs
+    were killed before they ended. The seed is in the observed outcome (KILL_SEED=... repeats it)."""
+    releases = {"v1": shop.deploy("v1")}
+    shop.write("row 1")
+    releases["v2"] = shop.deploy("v2")
+    seed = int(os.environ.get("KILL_SEED") or time.time())
+    print("KILL_SEED=%d; releases %s" % (seed, releases))
+    draw = random.Random(seed)
+    killed_at, killed = [], 0
+    with rows_written_throughout(shop.stack.container_id("db"), interval=0.1, max_rows=30000, max_seconds=1500):
+        started = time.monotonic()
+        assert_converged(shop, shop.rollback(recreate_target=releases["v1"]), "v1", releases["v1"])
+        whole = time.monotonic() - started
+        serving = "v1"
+        for number in range(2 * KILL_LOOP_RUNS):
+            if killed >= KILL_LOOP_RUNS:
+                break
+            target = "v2" if serving == "v1" else "v1"
+            for attempt in range(2 if number % 3 == 2 else 1):
+                log = tmp_path / ("killed-%d-%d.log" % (number, attempt))
+                run = shop.start_rollback(log, recreate_target=releases[target])
+                moment = draw.uniform(0.5, 0.75 * whole)
+                try:
+                    ended = run.wait(timeout=moment)
+                except subprocess.TimeoutExpired:
+                    ended = None
+                finally:
+                    with contextlib.suppress(ProcessLookupError):  # a run that ended has no group left
+                        os.killpg(run.pid, signal.SIGKILL)
+                    run.wait(timeout=30)
+                killed += ended is None
+                step = "had ended" if ended is not None else (shop.lock() or {}).get("step") or "no lock yet"
+                killed_at.append("%.1f s (%s)" % (moment, step))
+            result = shop.rollback(recreate_target=releases[target])
+            assert_converged(shop, result, target, releases[target])
+            serving = target
+    assert killed >= KILL_LOOP_RUNS, "only %d runs were killed before they ended: %s" % (killed, killed_at)
+    assert shop.rows() == ["row 1"]
+    where = collections.Counter(entry.split("(", 1)[1].rstrip(")") for entry in killed_at)
+    fault_case.observed(
+        "KILL_SEED=%d; a whole run %.1f s; %d runs killed mid-way, %d had ended (%s); every next run converged"
+        % (seed, whole, killed, len(killed_at) - killed, ", ".join("%s: %d" % item for item in sorted(where.items())))
+    )
+
+
+# -- the Docker daemon stopped ---------------------------------------------------------------------
+# On a Docker-in-Docker test host (its own engine; the test bed's engine, every other test's, is
+# never touched): the shop deployed at v1 and v2 there by Molecule's own prepare playbook, then a
+# rollback whose host's dockerd is stopped (SIGTERM, as systemctl stop does) at a step; the daemon
+# started again, the same command run again until it succeeds (at most twice).
+
+SHOP_DIR = "/srv/shop"
+PREPARE_SHOP = testbed.REPO_ROOT / "molecule" / "shared" / "prepare_shop.yml"
+
+
+@pytest.fixture
+def dind_shop(images, tmp_path):
+    """A test host with the shop at v2 (v1 before it), rows written; yields (host, inventory, variables)."""
+    with testhosts.DockerHost.started() as host:
+        host.load([images["APP_IMAGE"] + ":v1", images["APP_IMAGE"] + ":v2", images["POSTGRES_IMAGE"]])
+        inventory = host.inventory(tmp_path / "inventory.ini")
+        registry = images["APP_IMAGE"].rsplit("/stackops/", 1)[0]
+        assert_ok(
+            testbed.run_playbook(
+                PREPARE_SHOP, {"shop_dir": SHOP_DIR, "testbed_registry": registry}, inventory=str(inventory)
+            )
+        )
+        variables = {
+            "recreate_project_src": SHOP_DIR,
+            "recreate_backup_dir": "/var/backups/shop",
+            "recreate_health_http": [{"url": "http://127.0.0.1:8080/health", "successes": 2}],
+            "recreate_health_timeout": 60,
+        }
+        yield host, inventory, variables
+
+
+@pytest.mark.fault(
+    "the host's Docker daemon stopped during the rollback's {step}, then started again",
+    where="recreate playbook, step {step} (Docker-in-Docker host)",
+    expected=CONVERGES,
+)
+@pytest.mark.parametrize("step", ["backup", "start"])
+def test_a_docker_daemon_stopped_mid_rollback_then_started_converges_on_the_next_run(
+    dind_shop, tmp_path, step, fault_case
+):
+    host, inventory, variables = dind_shop
+    lock_path = "/var/lib/stackops-rollback/projects/shop/lock"
+
+    def lock():
+        text = host.exec("cat", lock_path, check=False).stdout
+        try:
+            return json.loads(text)
+        except ValueError:
+            return {}
+
+    with rows_written_throughout("shop-db-1", docker=host.docker, interval=0.1, max_seconds=900) as writer:
+        log = tmp_path / "stopped.log"
+        run = testbed.start_playbook(RECREATE_PLAYBOOK, variables, str(inventory), str(log))
+        try:
+            testbed.wait_for(lambda: run.poll() is not None or lock().get("step") == step, 180, "step " + step)
+            assert run.poll() is None, "the run ended before step %s: %s" % (step, log.read_text()[-3000:])
+            host.stop_engine()
+            run.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+        first = log.read_text()
+        assert run.returncode != 0, first[-4000:]
+        failed = re.search(r"FAILED at step '[^']+'", first)
+        assert failed, first[-4000:]
+        assert "The project lock keeps the plan" in first, first[-4000:]
+        fault_case.observed("run 1 %s, its way back too (no engine), saying the lock keeps the plan" % failed.group(0))
+        host.start_engine()
+        # Each run after it succeeds and leaves every container running: the first finishes the
+        # dead run's plan (put the release it started from back), the next one rolls back.
+        outcomes = []
+        for number in range(3):
+            result = testbed.run_playbook(RECREATE_PLAYBOOK, variables, inventory=str(inventory))
+            (tmp_path / ("rerun-%d.log" % number)).write_text(result.stdout)
+            assert_ok(result)
+            states = testbed.run([*host.docker, "ps", "-a", "--format", "{{.Names}} {{.State}}"]).stdout.split()
+            assert states == ["shop-app-1", "running", "shop-db-1", "running"] or states == [
+                "shop-db-1",
+                "running",
+                "shop-app-1",
+                "running",
+            ], (states, result.stdout[-5000:])
+            assert lock() == {}, "the lock was not released"
+            done = re.search(
+                r"(rolled back from \S+ \(\S+\) to \S+ \(\S+\)|already on release \S+ \(\S+\))", result.stdout
+            )
+            outcomes.append("run %d: %s" % (number + 2, done.group(1) if done else "ok"))
+            if host.http_get("http://127.0.0.1:8080/version")[1].strip() == "v1":
+                break
+        writer_rows = len(writer.acknowledged)
+    assert host.http_get("http://127.0.0.1:8080/version")[1].strip() == "v1", outcomes
+    fault_case.observed("after the daemon started: " + "; ".join(outcomes))
+    assert writer_rows > 0
+
+
+# -- Caddy failing at a blue-green switch ----------------------------------------------------------
+
+
+def rollback_with_caddy_broken_once_green_runs(shop, fault_case, break_caddy):
+    """v1, v2 deployed, a row kept; the rollback to v1 with break_caddy() done once green has started
+    (before the switch to it). The run must fail at the switch, leave the Caddyfile as it was and
+    blue serving on its own port; returns v2's release id."""
+    shop.deploy("v1")
+    v2 = shop.deploy("v2")
+    shop.write("kept")
+    caddyfile = shop.caddy.caddyfile.read_text()
+    broken = []
+
+    def break_once_green_runs():
+        testbed.wait_for(lambda: (shop.lock() or {}).get("phase") == "green_started", 180, "green started")
+        break_caddy()
+        broken.append(True)
+
+    thread = threading.Thread(target=break_once_green_runs, daemon=True)
+    try:
+        with rows_written_throughout(shop.stack.container_id("db")):
+            thread.start()
+            result = shop.rollback()
+            thread.join(timeout=10)
+    finally:
+        testbed.run(["chattr", "-i", str(shop.caddy.caddyfile)], check=False)
+    assert broken, "Caddy was not broken during the rollback"
+    assert result.returncode != 0, result.stdout[-5000:]
+    failed = re.search(r"FAILED at step '[^']+'[^.]*", result.stdout)
+    assert failed, result.stdout[-5000:]
+    fault_case.observed(failed.group(0))
+    assert shop.caddy.caddyfile.read_text() == caddyfile
+    assert shop.version() == "v2", "blue does not serve on its own port"
+    return v2
+
+
+def assert_blue_serves_through_caddy(shop, v2):
+    assert shop.served() == "v2" and shop.rows() == ["kept"]
+    assert shop.caddy.running_dials() == [["127.0.0.1:%d" % shop.port]]
+    assert shop.containers(shop.stack.name + "-green") == []
+    listing = shop.info()
+    assert listing["current"]["id"] == v2 and listing["lock"] is None, listing
+
+
+@pytest.mark.fault(
+    "Caddy's file made immutable once green runs, before the switch to it",
+    where="blue_green playbook, switch to green",
+    expected=REVERTED,
+)
+def test_a_caddyfile_that_cannot_be_written_at_the_switch_leaves_blue_serving_and_removes_green(bg_shop, fault_case):
+    shop = bg_shop
+    v2 = rollback_with_caddy_broken_once_green_runs(
+        shop, fault_case, lambda: testbed.run(["chattr", "+i", str(shop.caddy.caddyfile)])
+    )
+    assert_blue_serves_through_caddy(shop, v2)
+
+
+@pytest.mark.fault(
+    "Caddy stopped (its admin API gone) once green runs, before the switch to it; then started again",
+    where="blue_green playbook, switch to green",
+    expected=CONVERGES,
+)
+def test_caddy_gone_at_the_switch_keeps_the_plan_and_once_back_the_next_run_finishes(bg_shop, fault_case):
+    shop = bg_shop
+    v2 = rollback_with_caddy_broken_once_green_runs(shop, fault_case, lambda: shop.caddy.stack.compose("stop", "caddy"))
+    shop.caddy.stack.compose("start", "caddy")
+    testbed.wait_http(shop.caddy.admin_url + "/config/", timeout=60)
+    if shop.lock() is not None:  # the way back could not confirm where Caddy sends the traffic
+        again = shop.rollback()
+        assert_ok(again)
+        fault_case.observed("once Caddy is back, the next run: %s" % said(again.stdout, "took over the lock"))
+    assert_blue_serves_through_caddy(shop, v2)
+
+
+@pytest.mark.fault(
+    "the backup directory on a filesystem too small for the backups (2 MiB)",
+    where="recreate playbook, preflight",
+    expected=REFUSED,
+)
+def test_a_backup_directory_too_small_is_refused_before_anything_stops(shop, tmp_path, fault_case):
+    shop.deploy("v1")
+    shop.write("row 1")
+    shop.deploy("v2")
+    with testbed.small_filesystem(tmp_path / "small", size="2m") as small:
+        before = unchanged_state(shop)
+        with rows_written_throughout(shop.stack.container_id("db")):
+            result = shop.rollback(recreate_backup_dir=str(small / "backups"))
+        assert_refused(result, "not enough free space", "nothing was changed")
+        fault_case.observed(failure_line(result, "not enough free space"))
+        assert unchanged_state(shop) == before, "a refused rollback changed the host"
+        assert list(small.rglob("*.tar*")) == [], "an archive was left"
+    assert shop.version() == "v2" and shop.rows() == ["row 1"]

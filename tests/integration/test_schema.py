@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import testbed
+from faults import REFUSED, REVERTED, said
 from proxy import HostCaddy, host_migrates_queued_connections
 from shop import LEDGER, BlueGreenShop, RecreateShop
 
@@ -104,7 +105,12 @@ def test_compatible_rollback_proceeds_and_keeps_every_row(db_shop):
     assert audit["details"]["schema"]["action"] == "proceed"
 
 
-def test_incompatible_rollback_is_refused_before_anything_stops(db_shop):
+@pytest.mark.fault(
+    "a rollback to a release whose code cannot run on the {db_shop} schema (a column dropped since)",
+    where="recreate rollback, schema check (policy refuse)",
+    expected=REFUSED,
+)
+def test_incompatible_rollback_is_refused_before_anything_stops(db_shop, fault_case):
     shop = db_shop
     shop.deploy("v2")
     shop.write("written by v2")
@@ -119,6 +125,7 @@ def test_incompatible_rollback_is_refused_before_anything_stops(db_shop):
     assert "refused before anything stopped" in result.stdout
     assert "column records.note: in the target, dropped since (incompatible)" in result.stdout
     assert "Nothing was changed" in result.stdout
+    fault_case.observed(said(result.stdout, "refused before anything stopped"))
     assert host_state(shop) == before
     assert testbed.run(["docker", "volume", "inspect", volume]).stdout == checked
     assert "pw-shop" not in result.stdout + result.stderr  # the password never shows
@@ -148,7 +155,8 @@ def test_downgrade_runs_the_newer_release_down_migration(pg_shop):
     assert "(downgraded)" in result.stdout
 
 
-def test_failing_downgrade_keeps_the_current_release_serving(pg_shop):
+@pytest.mark.fault("the down-migration fails", where="recreate rollback, schema policy downgrade", expected=REVERTED)
+def test_failing_downgrade_keeps_the_current_release_serving(pg_shop, fault_case):
     shop = pg_shop
     shop.deploy("v2")
     shop.deploy("v3")
@@ -161,6 +169,9 @@ def test_failing_downgrade_keeps_the_current_release_serving(pg_shop):
     )
     assert result.returncode != 0
     assert "the down-migration" in result.stdout and "failed" in result.stdout
+    answer = said(result.stdout, "the down-migration")
+    fault_case.observed(answer)
+    fault_case.observed(answer.partition(" --- ")[2])  # how the host was put back
     assert shop.version() == "v3"
     assert rows(shop) == before
     assert "The schema did not change" in result.stdout
@@ -198,7 +209,13 @@ def test_restore_brings_back_the_restore_point_and_counts_what_it_takes_away(pg_
     assert host_state(shop)[1]["db"] == db_started, "the database was stopped for its restore point or restore"
 
 
-def test_bad_declarations_fail_clearly_and_change_nothing(pg_shop):
+@pytest.mark.fault(
+    "bad database declarations (no such service, no pg_dump, wrong password, no such database or user), "
+    "and schema policy restore without a restore point",
+    where="compose_schema; recreate rollback, schema policy restore",
+    expected=REFUSED,
+)
+def test_bad_declarations_fail_clearly_and_change_nothing(pg_shop, fault_case):
     shop = pg_shop
     shop.deploy("v1", record=False)
     # A target recorded before databases were declared: the verdict is unknown, and says how to go on.
@@ -223,6 +240,7 @@ def test_bad_declarations_fail_clearly_and_change_nothing(pg_shop):
         )
         assert failed.get("failed") and expected in failed["msg"], (decl, failed)
         assert "not-the-password-42" not in json.dumps(failed)
+    fault_case.observed(failed["msg"])
 
     # engine command: the schema is what the argv prints, compared as text.
     command = [{"service": "db", "engine": "command", "command": ["pg_dump", "-s", "-U", "postgres", "shop"]}]
@@ -239,10 +257,16 @@ def test_bad_declarations_fail_clearly_and_change_nothing(pg_shop):
     result = shop.rollback(recreate_databases=declared, recreate_schema_policy="restore")
     assert result.returncode != 0
     assert "schema policy restore needs a restore point of release" in result.stdout
+    fault_case.observed(said(result.stdout, "schema policy restore needs a restore point of release"))
     assert host_state(shop) == before
 
 
-def test_damaged_restore_point_is_refused_before_anything_stops(pg_shop, tmp_path):
+@pytest.mark.fault(
+    "the target's restore point damaged (one byte flipped in its dump)",
+    where="recreate rollback, schema policy restore",
+    expected=REFUSED,
+)
+def test_damaged_restore_point_is_refused_before_anything_stops(pg_shop, tmp_path, fault_case):
     shop = pg_shop
     shop.deploy("v2")
     shop.write("kept")
@@ -258,10 +282,16 @@ def test_damaged_restore_point_is_refused_before_anything_stops(pg_shop, tmp_pat
     result = shop.rollback(recreate_databases=shop.databases, recreate_schema_policy="restore")
     assert result.returncode != 0
     assert "Verify each database dump of the restore point" in result.stdout and "sha256" in result.stdout
+    fault_case.observed(said(result.stdout, "sha256"))
     assert host_state(shop) == before
 
 
-def test_dirty_migration_is_incompatible(compose_stack, images, free_port, tmp_path):
+@pytest.mark.fault(
+    "a half-applied (dirty) golang-migrate migration in the mariadb schema",
+    where="compose_schema verdict",
+    expected=REFUSED,
+)
+def test_dirty_migration_is_incompatible(compose_stack, images, free_port, tmp_path, fault_case):
     """golang-migrate's schema_migrations says a migration is half-applied: MariaDB, no app needed."""
     shop = make_shop(RecreateShop, compose_stack, images, free_port, tmp_path, "mariadb")
     try:
@@ -280,6 +310,7 @@ def test_dirty_migration_is_incompatible(compose_stack, images, free_port, tmp_p
         verdict = schema(shop, target=first)
         assert verdict["verdict"] == "incompatible", verdict
         assert any("version 8 is dirty (half-applied)" in c for c in verdict["changes"]), verdict["changes"]
+        fault_case.observed(next(c for c in verdict["changes"] if "version 8 is dirty (half-applied)" in c))
     finally:
         shutil.rmtree(LEDGER / "projects" / shop.stack.name, ignore_errors=True)
 
@@ -294,7 +325,12 @@ def bg_db_shop(request, compose_stack, images, free_port, tmp_path):
     shutil.rmtree(LEDGER / "projects" / stack.name, ignore_errors=True)
 
 
-def test_blue_green_compatible_proceeds_incompatible_refuses(bg_db_shop):
+@pytest.mark.fault(
+    "a blue-green rollback over an incompatible {bg_db_shop} schema, and with schema policy restore",
+    where="blue_green rollback, schema check",
+    expected=REFUSED,
+)
+def test_blue_green_compatible_proceeds_incompatible_refuses(bg_db_shop, fault_case):
     shop = bg_db_shop
     shop.deploy("v1")
     shop.deploy("v2")
@@ -311,10 +347,12 @@ def test_blue_green_compatible_proceeds_incompatible_refuses(bg_db_shop):
     refused = shop.rollback(blue_green_databases=shop.databases)
     assert refused.returncode != 0
     assert "column records.note: in the target, dropped since" in refused.stdout
+    fault_case.observed(said(refused.stdout, "column records.note: in the target, dropped since"))
     assert (shop.containers(), shop.info()["current"]["id"], rows(shop), shop.served()) == before
     assert shop.containers(shop.stack.name + "-green") == []  # no green was started
 
     restore = shop.rollback(blue_green_databases=shop.databases, blue_green_schema_policy="restore")
     assert restore.returncode != 0
     assert "Use stackops.rollback.recreate with recreate_schema_policy=restore" in restore.stdout
+    fault_case.observed(said(restore.stdout, "Use stackops.rollback.recreate with recreate_schema_policy=restore"))
     assert (shop.containers(), shop.info()["current"]["id"], rows(shop), shop.served()) == before

@@ -1,5 +1,6 @@
 """Secrets stay secret (issue 32): a known secret in the project's .env, one in a service's
-env_file and the database password never appear in a rollback's output at -vvv (with --diff), in
+env_file and the database password (declared, so that each record and each
+rollback's online dump use it) never appear in a rollback's output at -vvv (with --diff), in
 a failed rollback's errors, in the audit log or in the fleet report - exact, base64 or URL-encoded -
 and what holds them on disk (backups, the ledger, the env files a rollback writes back) is 0600."""
 
@@ -36,7 +37,10 @@ ALL_FORMS = sorted(set().union(*(forms(s) for s in [DB_PASSWORD, *ENV_SECRETS.va
 
 def assert_no_secret(text, where):
     found = [form for form in ALL_FORMS if form in text]
-    assert not found, "%s holds a secret (%s)" % (where, ", ".join(found))
+    if found:
+        at = text.index(found[0])
+        context = text[max(0, at - 400) : at + 200]
+        raise AssertionError("%s holds a secret (%s), here:\n%s" % (where, ", ".join(found), context))
 
 
 def deploy(shop, tag):
@@ -62,15 +66,22 @@ def modes_of(root):
     return {str(p): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
 
 
+# The shop's database declared with its password: each release records its schema through it, and
+# each rollback dumps the database online with it (PGPASSWORD, over 127.0.0.1 in the container).
+DATABASE = {"service": "db", "engine": "postgres", "database": "shop", "user": "postgres", "password": DB_PASSWORD}
+
+
 def test_secrets_never_show_and_the_files_holding_them_are_private(shop, tmp_path):
+    shop.databases = [DATABASE]
     deploy(shop, "v1")
     v2 = deploy(shop, "v2")
     # Group-readable before the rollback: it writes them back for their owner alone.
     for name in (".env", "app-extra.env"):
         (shop.dir / name).chmod(0o640)
 
-    done, output = roll_back_loudly(shop, tmp_path)
+    done, output = roll_back_loudly(shop, tmp_path, recreate_databases=[DATABASE])
     assert done.returncode == 0, output[-6000:]
+    assert "dump" in output and "db/shop" in output, "the database was not dumped: " + output[-4000:]
     assert shop.version() == "v1"
     assert (shop.dir / ".env").read_text().count(ENV_SECRETS["v1"]) == 1, "v1's env file was not put back"
     assert_no_secret(output, "the rollback's output at -vvv")
@@ -80,6 +91,7 @@ def test_secrets_never_show_and_the_files_holding_them_are_private(shop, tmp_pat
     failed, failed_output = roll_back_loudly(
         shop,
         tmp_path,
+        recreate_databases=[DATABASE],
         recreate_health_timeout=15,
         recreate_health_http=[{"url": shop.url + "/version", "body_regex": "^v2$"}],
     )
@@ -105,3 +117,28 @@ def test_secrets_never_show_and_the_files_holding_them_are_private(shop, tmp_pat
     loose = {path: oct(mode) for path, mode in {**backups, **ledger}.items() if mode & 0o077}
     assert not loose, "readable by others than their owner: %s" % loose
     assert v2 in json.dumps(shop.info()["current"])
+
+
+def test_a_blue_green_rollback_shows_no_secret_and_keeps_its_staged_copy_private(bg_shop, tmp_path):
+    """The same for blue_green, whose staged copy of the target's files (green-src in the ledger,
+    .env and env_file included) is a second place the secrets are written to."""
+    shop = bg_shop
+    deploy(shop, "v1")
+    deploy(shop, "v2")
+    done, output = roll_back_loudly(shop, tmp_path)
+    assert done.returncode == 0, output[-6000:]
+    assert shop.served() == "v1"
+    assert_no_secret(output, "the blue-green rollback's output at -vvv")
+    assert_no_secret("\\n".join(json.dumps(entry) for entry in shop.audit()), "the audit log")
+    reports = sorted((tmp_path / "reports").glob("*"))
+    assert len(reports) == 2, reports
+    for report in reports:
+        assert_no_secret(report.read_text(), str(report))
+    ledger = modes_of(LEDGER / "projects" / shop.stack.name)
+    assert any("/releases/" in path and path.endswith("/.env") for path in ledger), sorted(ledger)
+    loose = {path: oct(mode) for path, mode in ledger.items() if mode & 0o077}
+    assert not loose, "readable by others than their owner: %s" % loose
+    assert {name: stat.S_IMODE((shop.dir / name).stat().st_mode) for name in (".env", "app-extra.env")} == {
+        ".env": 0o600,
+        "app-extra.env": 0o600,
+    }

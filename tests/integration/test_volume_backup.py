@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 import testbed
-from faults import REFUSED
+from faults import REFUSED, REVERTED
 
 POPULATE = r"""
 set -e
@@ -169,8 +169,13 @@ def engine_over_tcp():
         listener.close()
 
 
+@pytest.mark.fault(
+    "method=mountpoint for a volume it cannot read there (driver options, a remote engine, in use)",
+    where="volume_backup backup",
+    expected=REFUSED,
+)
 def test_mountpoint_that_does_not_qualify_is_refused_saying_why_and_auto_uses_the_engine(
-    volumes, compose_stack, images, tmp_path
+    volumes, compose_stack, images, tmp_path, fault_case
 ):
     tmpfs = testbed.engine_name("st-vol-tmpfs")
     testbed.run(["docker", "volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", tmpfs])
@@ -179,6 +184,7 @@ def test_mountpoint_that_does_not_qualify_is_refused_saying_why_and_auto_uses_th
         refused = backup(tmpfs, tmp_path / "tmpfs", method="mountpoint")
         assert refused["failed"] and "has driver options (device, type)" in refused["msg"], refused
         assert "nothing was changed" in refused["msg"] and not (tmp_path / "tmpfs").exists()
+        fault_case.observed(refused["msg"])
         assert backup(tmpfs, tmp_path / "tmpfs")["method"] == "api"
     finally:
         testbed.run(["docker", "volume", "rm", "-f", tmpfs], check=False)
@@ -198,6 +204,7 @@ def test_mountpoint_that_does_not_qualify_is_refused_saying_why_and_auto_uses_th
     stack.up(wait=False)
     refused = backup(stack.volume("data"), tmp_path / "busy", method="mountpoint", stop_containers=False)
     assert refused["failed"] and "stop_containers is false" in refused["msg"], refused
+    fault_case.observed(refused["msg"])
     assert not (tmp_path / "busy").exists()
     running = testbed.run(["docker", "inspect", "-f", "{{.State.Running}}", stack.container_id("s")]).stdout.strip()
     assert running == "true"
@@ -348,10 +355,12 @@ def test_a_disk_usage_read_waits_while_another_runs_on_the_engine(compose_stack,
 # -- bad input: a clear error and nothing changed -----------------------------------------
 
 
-def test_missing_volume_is_not_created(tmp_path):
+@pytest.mark.fault("a volume that does not exist", where="volume_backup backup", expected=REFUSED)
+def test_missing_volume_is_not_created(tmp_path, fault_case):
     name = testbed.engine_name("st-missing")
     result = backup(name, tmp_path)
     assert result["failed"] and "volume %s does not exist" % name in result["msg"]
+    fault_case.observed(result["msg"])
     assert testbed.run(["docker", "volume", "inspect", name], check=False).returncode != 0
     assert os.listdir(tmp_path) == []
 
@@ -383,18 +392,25 @@ def test_damaged_archive_is_refused_before_the_volume_is_touched(volumes, images
     assert busybox(vol, "cat /data/a", images, "ro").strip() == "current"
 
 
-def test_missing_archive_and_manifest_mismatch(volumes, images, tmp_path):
+@pytest.mark.fault(
+    "a manifest whose member checksum the restored data does not match (and an archive that does not exist)",
+    where="volume_backup restore",
+    expected=REVERTED,
+)
+def test_missing_archive_and_manifest_mismatch(volumes, images, tmp_path, fault_case):
     vol = volumes("echo a > /data/a", images)
     missing = testbed.run_module(
         "volume_backup", dict(name=vol, state="restore", archive=str(tmp_path / "nope.tar.zst"))
     )
     assert missing["failed"] and "does not exist" in missing["msg"]
+    fault_case.observed(missing["msg"])
     result = backup(vol, tmp_path)
     manifest = json.loads(Path(result["manifest"]).read_text())
     manifest["members"]["a"]["sha256"] = "0" * 64
     Path(result["manifest"]).write_text(json.dumps(manifest))
     answer = testbed.run_module("volume_backup", dict(name=vol, state="restore", archive=result["archive"]))
     assert answer["failed"] and "a: sha256 differ" in answer["msg"], answer
+    fault_case.observed(answer["msg"])
 
 
 def hostile_archive(tmp_path, *members):
@@ -430,6 +446,7 @@ def member(name, kind=tarfile.REGTYPE, link=""):
     return info
 
 
+@pytest.mark.fault("an archive with a hostile member: {reason}", where="volume_backup restore", expected=REFUSED)
 @pytest.mark.parametrize(
     ("info", "reason"),
     [
@@ -442,22 +459,32 @@ def member(name, kind=tarfile.REGTYPE, link=""):
         (member("./dev", tarfile.CHRTYPE), "device node"),
     ],
 )
-def test_hostile_members_are_refused(volumes, images, tmp_path, info, reason):
+def test_hostile_members_are_refused(volumes, images, tmp_path, info, reason, fault_case):
     vol = volumes("echo safe > /data/a", images)
     archive = hostile_archive(tmp_path, *(info if isinstance(info, tuple) else (info,)))
     answer = testbed.run_module("volume_backup", dict(name=vol, state="restore", archive=str(archive)))
     assert answer["failed"] and "refusing member" in answer["msg"] and reason in answer["msg"], answer
+    fault_case.observed(answer["msg"])
     assert busybox(vol, "ls -A /data; cat /data/a", images, "ro").split() == ["a", "safe"]
 
 
-def test_dest_not_writable(volumes, images, tmp_path):
+@pytest.mark.fault(
+    "a backup destination that is not writable (a read-only filesystem)", where="volume_backup backup", expected=REFUSED
+)
+def test_dest_not_writable(volumes, images, tmp_path, fault_case):
     vol = volumes("echo a > /data/a", images)
     with testbed.small_filesystem(tmp_path / "ro", size="1m", options="ro") as readonly:
         answer = backup(vol, readonly)
         assert answer["failed"] and "is not writable" in answer["msg"], answer
+        fault_case.observed(answer["msg"])
 
 
-def test_disk_full_leaves_no_partial_file_and_restarts_the_containers(compose_stack, images, tmp_path):
+@pytest.mark.fault(
+    "the backup destination's disk fills up during the copy",
+    where="volume_backup backup",
+    expected=REFUSED,
+)
+def test_disk_full_leaves_no_partial_file_and_restarts_the_containers(compose_stack, images, tmp_path, fault_case):
     stack = compose_stack(
         "services:\n  s:\n    image: {bb}\n    command: [sleep, '600']\n    volumes: [data:/data]\n"
         "volumes:\n  data:\n".format(bb=images["BUSYBOX_IMAGE"])
@@ -467,15 +494,18 @@ def test_disk_full_leaves_no_partial_file_and_restarts_the_containers(compose_st
     with testbed.small_filesystem(tmp_path / "small") as small:
         answer = backup(stack.volume("data"), small)
         assert answer["failed"] and "No space left on device" in answer["msg"], answer
+        fault_case.observed(answer["msg"])
         assert os.listdir(small) == [], os.listdir(small)
     running = testbed.run(["docker", "inspect", "-f", "{{.State.Running}}", stack.container_id("s")]).stdout.strip()
     assert running == "true", "the container stopped for the copy was not started again"
 
 
-def test_stopped_docker_daemon_is_a_clear_error(volumes, images, tmp_path):
+@pytest.mark.fault("no Docker daemon answering at docker_host", where="volume_backup backup", expected=REFUSED)
+def test_stopped_docker_daemon_is_a_clear_error(volumes, images, tmp_path, fault_case):
     vol = volumes("echo a > /data/a", images)
     answer = testbed.run_module(
         "volume_backup", dict(name=vol, dest=str(tmp_path), docker_host="unix://%s/no-daemon.sock" % tmp_path)
     )
     assert answer["failed"] and "cannot reach the Docker engine" in answer["msg"], answer
+    fault_case.observed(answer["msg"])
     assert os.listdir(tmp_path) == ["no-daemon.sock"] or os.listdir(tmp_path) == []

@@ -42,7 +42,7 @@ class FaultCase:
     def __init__(self, nodeid, what, where, expected, params=None):
         if expected not in OUTCOMES:
             raise ValueError("fault %s: expected outcome %r is not one of %s" % (nodeid, expected, OUTCOMES))
-        params = {k: v for k, v in (params or {}).items()}
+        params = dict(params or {})
         self.nodeid = nodeid
         self.what = what.format(**params)
         self.where = where.format(**params)
@@ -58,7 +58,7 @@ class FaultCase:
         line = TMP_PATH.sub("<tmp>/", line)
         line = DIGEST.sub(lambda m: m.group(0)[:12] + "...", line)
         if line:
-            self.notes.append(line if len(line) <= 240 else line[:237] + "...")
+            self.notes.append(line if len(line) <= 400 else line[:397] + "...")
 
     def add_rows(self, acknowledged, lost):
         self.rows_acknowledged = (self.rows_acknowledged or 0) + acknowledged
@@ -96,17 +96,39 @@ def commit():
     """The commit the suite runs, "+changes" when the work tree differs from it."""
     try:
         head = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, timeout=30
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=7", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=30,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head or "unknown") + ("+changes" if dirty else "")
+
+
+def said(output, *words):
+    """What a playbook's output says with all of words: the msg of its last failed task that does,
+    else the first line that does (a debug message's text from its value on); "" when none."""
+    lines = [line for line in output.splitlines() if all(word in line for word in words)]
+    for line in reversed(lines):
+        head, sep, body = line.partition(" => ")
+        if sep and head.startswith(("fatal:", "failed:")):
+            try:
+                return json.loads(body)["msg"]
+            except (ValueError, KeyError, TypeError):
+                pass
+    if not lines:
+        return ""
+    text = lines[0].strip().split("Module failed: ", 1)[-1]
+    return re.sub(r'^"msg": ', "", text).strip('"')
 
 
 def rows_seen(acknowledged, lost):

@@ -21,9 +21,13 @@ TABLE = "numbered_writes"
 
 
 class RowWriter:
-    def __init__(self, container, database="shop", user="postgres", interval=0.04, max_rows=3000, max_seconds=180):
+    def __init__(
+        self, container, database="shop", user="postgres", interval=0.04, max_rows=3000, max_seconds=180, docker=None
+    ):
         self.container = container
-        self.argv = ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-U", user, "-d", database]
+        # `docker`: how to reach the container's engine (a Docker-in-Docker host's: DockerHost.docker).
+        docker = list(docker or ["docker"])
+        self.argv = [*docker, "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-U", user, "-d", database]
         self.interval = interval
         self.max_rows = max_rows
         self.max_seconds = max_seconds
@@ -31,6 +35,7 @@ class RowWriter:
         self.sent = 0
         self.sessions = 0
         self.during = None
+        self.last_error = ""  # what the last session that ended said on stderr (for a failure's message)
         self.first_ack_at = None
         self.last_ack_at = None
         self._stop = threading.Event()
@@ -78,9 +83,7 @@ class RowWriter:
     def _run(self):
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_rows:
-            session = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-            )
+            session = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             self.sessions += 1
             reader = threading.Thread(target=self._read_acks, args=(session.stdout,), daemon=True)
             reader.start()
@@ -104,6 +107,9 @@ class RowWriter:
                     session.kill()
                     session.wait()
                 reader.join(timeout=10)
+                with contextlib.suppress(OSError, ValueError):
+                    self.last_error = session.stderr.read().decode(errors="replace").strip()[-300:] or self.last_error
+                    session.stderr.close()
             # The database is away (stopped, restarting): try a new session shortly.
             self._stop.wait(0.2)
 
@@ -119,7 +125,13 @@ def rows_written_throughout(container, at_least=50, **options):
         yield writer
         writer.during = len(writer.acknowledged) - before
         after = before + writer.during + 10
-        testbed.wait_for(lambda: len(writer.acknowledged) >= after, 60, "the writer's rows after the block")
+        try:
+            testbed.wait_for(lambda: len(writer.acknowledged) >= after, 60, "the writer's rows after the block")
+        except AssertionError as exc:
+            raise AssertionError(
+                "%s (%d sessions, %d rows sent; the last session said: %s)"
+                % (exc, writer.sessions, writer.sent, writer.last_error or "-")
+            ) from None
     lost = writer.lost()
     faults.rows_seen(len(writer.acknowledged), len(lost))
     assert lost == [], "acknowledged rows lost: %d of %d (%s...)" % (len(lost), len(writer.acknowledged), lost[:10])

@@ -93,6 +93,37 @@ def test_no_fetcher_at_all_says_what_to_install():
         container_caddy({}).running_config()
 
 
+class SequenceEngine(ExecEngine):
+    """Answers each command's first word from a list, one answer per call (the last repeats)."""
+
+    def exec(self, container, command, user=None, timeout=None):
+        self.commands.append(command[0])
+        answers = self.answers.get(command[0]) or [(0, "", "")]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+def sequenced_caddy(answers):
+    caddy = _caddy.ContainerCaddy(SequenceEngine(answers), "proxy", "/srv/proxy/Caddyfile")
+    caddy.container = object()
+    caddy.inner_path = "/etc/caddy/Caddyfile"
+    caddy._put_file = lambda directory, name, data: True
+    return caddy
+
+
+def test_an_exec_that_answers_nothing_is_asked_again_not_taken_for_an_empty_config():
+    config = '{"apps": {}}'
+    caddy = sequenced_caddy({"caddy": [(0, "", ""), (0, config, "")], "wget": [(0, "", ""), (0, config, "")]})
+    assert caddy.adapt("site {\n}\n", 10) == {"apps": {}}
+    assert caddy.running_config() == {"apps": {}}
+    assert caddy.engine.commands.count("caddy") == 2 and caddy.engine.commands.count("wget") == 2
+
+
+def test_an_adapt_that_keeps_answering_nothing_is_an_error_not_an_empty_config():
+    caddy = sequenced_caddy({"caddy": [(0, "", "")]})
+    with pytest.raises(_caddy.CaddyError, match="answered nothing 3 times; nothing was changed"):
+        caddy.adapt("site {\n}\n", 10)
+
+
 def dials_of(text):
     """A stand-in for Caddy's adapter: one reverse_proxy handler per `reverse_proxy` line."""
     handlers = [

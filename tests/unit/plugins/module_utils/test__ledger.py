@@ -159,6 +159,26 @@ def test_lock_takeover_returns_the_dead_runs_record(tmp_path):
     assert ledger.lock_holder() is None
 
 
+def test_a_takeover_that_dies_before_its_own_plan_hands_the_first_runs_plan_on(tmp_path):
+    """Run 1 dies half-way with its plan; run 2 takes the lock over and dies before it writes the
+    plan again; run 3 must still be told run 1's plan (and how far it got), not start afresh."""
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "run 1", "token": "t1", "plan": {"from": "a", "to": "b"}, "step": "verify"})
+    assert ledger.acquire({"holder": "run 2", "token": "t2"}, takeover_token="t1")[1]["plan"] == {
+        "from": "a",
+        "to": "b",
+    }
+    changed, resumed = ledger.acquire({"holder": "run 3", "token": "t3"}, takeover_token="t2")
+    assert changed and resumed["plan"] == {"from": "a", "to": "b"} and resumed["step"] == "verify", resumed
+    assert ledger.lock_holder()["resumes"]["holder"] == "run 1"
+    # A run that wrote a plan of its own is what the next one resumes.
+    ledger.update_lock("t3", {"plan": {"from": "b", "to": "b"}})
+    assert ledger.acquire({"holder": "run 4", "token": "t4"}, takeover_token="t3")[1]["plan"] == {
+        "from": "b",
+        "to": "b",
+    }
+
+
 def test_a_lease_keeps_the_lock_while_renewed_and_frees_it_after_its_grace(tmp_path):
     ledger = Ledger(str(tmp_path), "shop")
     first = {"holder": "first", "token": "t1", "controller": "awx-job-1", "plan": {"from": "a", "to": "b"}}
