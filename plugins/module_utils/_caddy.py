@@ -219,6 +219,16 @@ class ContainerCaddy:
         except EngineError as exc:
             raise CaddyError(str(exc)) from exc
 
+    def _read(self, cmd, timeout):
+        """_exec for a command that only reads and always prints something: the engine can lose a
+        short exec's output (it answers rc 0 and nothing, seen under load), so it is asked again
+        (EMPTY_EXEC_ATTEMPTS in all) rather than taken for an empty answer."""
+        for _attempt in range(EMPTY_EXEC_ATTEMPTS):
+            rc, out, err = self._exec(cmd, timeout)
+            if rc != 0 or out.strip():
+                break
+        return rc, out, err
+
     def _put_file(self, directory, name, data):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -242,14 +252,9 @@ class ContainerCaddy:
             self._put_file(directory, name, text.encode("utf-8"))
         path = directory + "/" + name
         try:
-            # The engine can lose a short exec's output (it answers rc 0 and nothing, seen under load):
-            # adapting only reads, so ask again rather than take no config for an empty one.
-            for _attempt in range(EMPTY_EXEC_ATTEMPTS):
-                rc, out, err = self._exec(
-                    ["caddy", "adapt", "--config", path, "--adapter", "caddyfile", "--validate"], timeout
-                )
-                if rc != 0 or out.strip():
-                    break
+            rc, out, err = self._read(
+                ["caddy", "adapt", "--config", path, "--adapter", "caddyfile", "--validate"], timeout
+            )
         finally:
             self._exec(["rm", "-f", path], timeout)
         if rc == 0 and not out.strip():
@@ -276,15 +281,12 @@ class ContainerCaddy:
     def running_config(self, timeout=10):
         url = config_url(self.admin_url)
         for fetcher in self.FETCHERS:
-            for _attempt in range(EMPTY_EXEC_ATTEMPTS):  # the admin API always answers a body ("null" at least)
-                try:
-                    rc, out, err = self._exec([*fetcher, url], timeout)
-                except CaddyError as exc:
-                    raise CaddyError(
-                        "the Caddy admin API at %s is unreachable from container %s (%s)" % (url, self.name, exc)
-                    ) from exc
-                if rc != 0 or out.strip():
-                    break
+            try:
+                rc, out, err = self._read([*fetcher, url], timeout)  # the admin API answers "null" at least
+            except CaddyError as exc:
+                raise CaddyError(
+                    "the Caddy admin API at %s is unreachable from container %s (%s)" % (url, self.name, exc)
+                ) from exc
             if rc == 0:
                 return parse_config(out, url)
             if rc in (126, 127) or any(word in err + out for word in self.NOT_APPLICABLE):

@@ -57,15 +57,14 @@ DEPLOY_EVENTS = ("deploy",)
 # Seconds a lock stays its run's without news (each update renews it), when the run names none.
 DEFAULT_LEASE = 600
 # What a damaged ledger file's error ends with: the repair, README.md's "Repairing the ledger".
+SEE_REPAIR = "see 'Repairing the ledger' in the collection's README"
 REPAIR_RELEASE = (
     "nothing was changed; put the release's folder back from a backup of the ledger, or move it out of "
-    "releases/ (that release can then no longer be a target); see 'Repairing the ledger' in the "
-    "collection's README"
+    "releases/ (that release can then no longer be a target); " + SEE_REPAIR
 )
 REPAIR_LINES = (
     "nothing was changed; keep a copy of the file, then mend or delete that line and, if the running "
-    "release is no longer the current one, record it again with stackops.rollback.compose_release; "
-    "see 'Repairing the ledger' in the collection's README"
+    "release is no longer the current one, record it again with stackops.rollback.compose_release; " + SEE_REPAIR
 )
 # Events that change what a project runs for good. A failed rollback (put back or not) and a
 # failed deploy (rolled back by its rescue) are recorded but never become `current` or `previous`.
@@ -342,8 +341,8 @@ class Ledger:
             return json.loads(data.decode("utf-8")) if data else {}
         except ValueError as exc:
             raise LedgerError(
-                "the ledger's pinned-files record %s is damaged (%s); nothing was changed; see 'Repairing the "
-                "ledger' in the collection's README" % (self.pinned_path, exc)
+                "the ledger's pinned-files record %s is damaged (%s); nothing was changed; %s"
+                % (self.pinned_path, exc, SEE_REPAIR)
             ) from exc
 
     def pinned_files(self, project_src):

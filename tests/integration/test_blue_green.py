@@ -8,10 +8,8 @@ guide's setup: green gets alternate host ports).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
 import threading
@@ -241,18 +239,8 @@ def test_run_killed_at_a_step_is_finished_by_the_next_run(bg_shop, tmp_path, pha
     shop.write("kept")
 
     log = tmp_path / "killed-run.log"
-    run = shop.start_rollback(log)
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and run.poll() is None:
-            if (shop.lock() or {}).get("phase") == phase:
-                break
-            time.sleep(0.05)
-        assert run.poll() is None, "the run ended before phase %s: %s" % (phase, log.read_text()[-3000:])
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait(timeout=30)
-    assert (shop.lock() or {}).get("phase") == phase, "the lock does not record phase %s" % phase
+    left = shop.killed_when(shop.start_rollback(log), log, lambda lock: lock.get("phase") == phase)
+    assert left.get("phase") == phase, "the lock does not record phase %s" % phase
 
     result = shop.rollback()
     assert_ok(result)

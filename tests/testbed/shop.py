@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +126,22 @@ class Shop:
     def start_rollback(self, log_path, **variables):
         """Start a rollback in the background (to be killed); its output goes to log_path."""
         return testbed.start_playbook(self.playbook, self.variables(**variables), str(self.inventory), str(log_path))
+
+    def killed_when(self, run, log_path, condition, within=180):
+        """SIGKILL a started rollback's whole process group (ansible-playbook, its workers, the module
+        on the host) once condition(lock record) holds, polled every 50 ms; returns the lock record
+        as the kill left it. Fails when the run ended first."""
+        deadline = time.monotonic() + within
+        try:
+            while time.monotonic() < deadline and run.poll() is None:
+                if condition(self.lock() or {}):
+                    break
+                time.sleep(0.05)
+            assert run.poll() is None, "the run ended before it was killed: %s" % Path(log_path).read_text()[-3000:]
+        finally:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=30)
+        return self.lock() or {}
 
 
 class RecreateShop(Shop):
