@@ -24,7 +24,7 @@ export K TESTS SCENARIO
 # Targets that use the Docker engine hold the test bed's lock: one run per engine at a time.
 LOCKED := scripts/testbed-lock
 
-.PHONY: help test check demo bench setup venv testbed collections lint ruff ansible-lint sanity build \
+.PHONY: help test check demo bench setup venv testbed collections lint ruff ansible-lint ee sanity build \
         unit integration integration-parallel integration-serial smoke molecule faults reliability \
         reliability-check clean
 
@@ -44,7 +44,7 @@ help:
 # The fault matrix's results are the run's own: cleared first, checked last (reliability-check).
 test:
 	@rm -rf tests/output/reliability
-	@$(LOCKED) scripts/run-phases venv testbed -- integration-parallel+molecule+lint,sanity,build,unit \
+	@$(LOCKED) scripts/run-phases venv testbed -- integration-parallel+molecule+lint,sanity,build,ee,unit \
 	    integration-serial reliability-check
 
 check:
@@ -67,6 +67,11 @@ testbed: venv
 	@$(LOCKED) sh -c 'tests/testbed/docker-host.sh && $(BIN)/python tests/testbed/leftovers.py && tests/testbed/build-images.sh'
 
 lint: ruff ansible-lint
+
+# The execution environment for AWX: meta/execution-environment.yml read by ansible-builder 3.x
+# (introspect), and docs/examples/execution-environment turned into a build context (create).
+ee: venv
+	@scripts/execution-environment-check
 
 ruff:
 	$(BIN)/ruff check .

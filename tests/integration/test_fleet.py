@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 import threading
 
@@ -508,3 +509,91 @@ def test_one_target_for_the_fleet_common_then_a_version_label(compose_stack, ima
     labelled = roll_back(inventory, tmp_path, rollback_target="v3", rollback_batch=3, recreate_target="previous")
     assert labelled.returncode == 0, labelled.stdout[-6000:] + labelled.stderr[-2000:]
     assert running() == ["v3", "v3", "v3"]
+
+
+# -- run as AWX runs a job --------------------------------------------------------------------------
+# AWX hands ansible-runner a private data directory: env/ (extravars, envvars, settings, cmdline
+# with the job template's limit), inventory/hosts, project/ (the operator's repository, whose
+# collections/requirements.yml AWX installs into requirements_collections/). The job's artifacts
+# (artifacts/<job id>/) keep its status, its stdout and its events; the fleet report reaches AWX
+# through set_stats, in the artifact_data of the playbook_on_stats event.
+
+AWX_JOB_PLAYBOOK = """\
+---
+# The operator's project: the collection's playbook, as a job template would run it.
+- name: Roll the web tier back
+  ansible.builtin.import_playbook: stackops.rollback.rollback_recreate
+"""
+
+
+def awx_private_data_dir(directory, inventory, extravars, limit):
+    """The layout AWX writes for a job, with the collection installed from its release tarball."""
+    project = directory / "project"
+    (project / "collections").mkdir(parents=True)
+    (project / "rollback.yml").write_text(AWX_JOB_PLAYBOOK)
+    (project / "collections" / "requirements.yml").write_text("---\ncollections:\n  - name: stackops.rollback\n")
+    galaxy = str(testbed.VENV_BIN / "ansible-galaxy")
+    testbed.run(
+        [galaxy, "collection", "build", "--force", "--output-path", str(directory / "dist"), str(testbed.REPO_ROOT)]
+    )
+    (tarball,) = (directory / "dist").glob("stackops-rollback-*.tar.gz")
+    installed = directory / "requirements_collections"
+    testbed.run(
+        [galaxy, "collection", "install", "--offline", "--no-deps", "--force", "-p", str(installed), str(tarball)]
+    )
+    (directory / "inventory").mkdir()
+    shutil.copy(inventory, directory / "inventory" / "hosts")
+    env = directory / "env"
+    env.mkdir()
+    (env / "extravars").write_text(json.dumps(extravars))
+    (env / "envvars").write_text(json.dumps({"ANSIBLE_COLLECTIONS_PATH": str(installed), "ANSIBLE_NOCOLOR": "1"}))
+    (env / "settings").write_text(json.dumps({"job_timeout": 900, "idle_timeout": 600, "pexpect_timeout": 5}))
+    (env / "cmdline").write_text("--limit %s" % limit)
+    return directory
+
+
+def test_ansible_runner_with_awxs_private_data_dir_rolls_the_fleet_back_and_the_report_is_in_the_artifacts(
+    fleet, tmp_path
+):
+    hosts, inventory = fleet
+    reports = tmp_path / "reports"
+    data_dir = awx_private_data_dir(
+        tmp_path / "awx",
+        inventory,
+        {
+            "recreate_health_timeout": 15,
+            "recreate_health_min_uptime": 1,
+            "rollback_canary": 1,
+            "rollback_batch": "50%",
+            "rollback_report_dir": str(reports),
+        },
+        limit="web",
+    )
+    env = testbed.ansible_env()
+    del env["ANSIBLE_COLLECTIONS_PATH"]  # the job's own envvars say where its collections are
+    job = subprocess.run(
+        [str(testbed.VENV_BIN / "ansible-runner"), "run", str(data_dir), "-p", "rollback.yml", "--ident", "42"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    artifacts = data_dir / "artifacts" / "42"
+    stdout = (artifacts / "stdout").read_text() if (artifacts / "stdout").exists() else job.stdout
+    assert job.returncode == 0, stdout[-6000:] + job.stderr[-3000:]
+    assert (artifacts / "status").read_text() == "successful" and (artifacts / "rc").read_text() == "0"
+    events = [json.loads(path.read_text()) for path in sorted((artifacts / "job_events").glob("*.json"))]
+    # The collection's tasks ran from the job's requirements_collections, not from this checkout.
+    installed = str(data_dir / "requirements_collections" / "ansible_collections" / "stackops" / "rollback")
+    task_paths = {event.get("event_data", {}).get("task_path", "").rsplit(":", 1)[0] for event in events}
+    from_roles = [path for path in task_paths if "/roles/recreate/" in path]
+    assert from_roles and all(path.startswith(installed) for path in from_roles), sorted(task_paths)
+    (stats,) = [event for event in events if event.get("event") == "playbook_on_stats"]
+    report = stats["event_data"]["artifact_data"]["rollback_report"]
+    assert [(row["host"], row["status"]) for row in report["hosts"]] == [(name, "rolled_back") for name in HOSTS]
+    assert [row["batch"] for row in report["hosts"]] == [1, 2, 2, 3, 3], report["hosts"]
+    assert all(host.version() == "v1" for host in hosts.values())
+    (written,) = reports.glob("recreate-*.json")
+    assert json.loads(written.read_text())["hosts"] == report["hosts"]
+    assert report["summary"] in stdout
