@@ -21,6 +21,27 @@ import testbed
 from proxy import HostCaddy, host_migrates_queued_connections
 from shop import LEDGER, BlueGreenShop, RecreateShop
 
+# Test files whose tests share hosts made once (a module-scoped fixture) and must run one after
+# another on one worker: the SSH fleet's five test hosts.
+SHARED_HOST_FILES = ("tests/integration/test_fleet_ssh.py",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` as scripts/integration asks for it: every test scheduled on its own, as
+    a worker frees up, except the tests of SHARED_HOST_FILES, one unit per file. pytest-xdist's
+    own loadgroup no longer groups (it renames items by their `_nodeid`, which pytest 9 no longer
+    reads), so the groups are the files named here."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedHostsScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return path if path in SHARED_HOST_FILES else nodeid
+
+    return SharedHostsScheduling(config, log)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def docker_engine():

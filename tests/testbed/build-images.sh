@@ -30,7 +30,7 @@ declare -A ROOTFS_PACKAGES=(
     [postgres17]="postgresql-17 postgresql-client-17 ca-certificates"
     [mariadb]="mariadb-server mariadb-client ca-certificates"
     [caddy]="caddy ca-certificates wget"
-    [testhost]="docker.io python3 python3-docker python3-requests iptables ca-certificates procps kmod"
+    [testhost]="docker.io python3 python3-docker python3-requests iptables ca-certificates procps kmod openssh-server"
 )
 declare -A ROOTFS_SUITE=([postgres13]=bullseye [postgres17]=trixie)
 

@@ -11,7 +11,9 @@ bed's own engine, which every other test runs on.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -23,10 +25,34 @@ TESTHOST_IMAGE = "stackops-testbed/testhost:latest"
 # one list, in .config/molecule/config.yml.
 MOLECULE_CONFIG = testbed.REPO_ROOT / ".config" / "molecule" / "config.yml"
 INNER_DOCKERD = ["dockerd", "--cgroup-parent=/stackops-inner", "--host=unix:///var/run/docker.sock"]
+# As the entrypoint starts it (root with the key only; no PAM, which a container's login session lacks).
+SSHD = ["/usr/sbin/sshd", "-o", "PasswordAuthentication=no", "-o", "PermitRootLogin=prohibit-password"]
+SSHD += ["-o", "UsePAM=no", "-E", "/var/log/sshd.log"]
+PREPARE_SHOP = testbed.REPO_ROOT / "molecule" / "shared" / "prepare_shop.yml"
+RECREATE_PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
+SHOP_DIR = "/srv/shop"
+LEDGER_DIR = "/var/lib/stackops-rollback"
 
 
 def molecule_platform():
     return yaml.safe_load(MOLECULE_CONFIG.read_text())["platforms"][0]
+
+
+class SshKey:
+    """A key pair made for one test run (ed25519, no passphrase); the test hosts' root accepts it.
+    Host keys are not checked: each host makes its own at start, on an address the bridge reuses."""
+
+    options = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR")
+
+    def __init__(self, directory):
+        self.private = Path(directory) / "id_ed25519"
+        testbed.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "stackops-testbed", "-f", str(self.private)])
+        self.public = self.private.with_suffix(".pub").read_text().strip()
+
+    def run(self, address, *argv, check=True):
+        """argv run as root on the host at address, over SSH with this key (at most 10 s to connect)."""
+        ssh = ["ssh", "-i", str(self.private), *self.options, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        return testbed.run([*ssh, "root@" + address, "--", *argv], check=check, timeout=60)
 
 
 class DockerHost:
@@ -37,19 +63,31 @@ class DockerHost:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, prefix="st-dind"):
-        """A new test host with its engine answering; removed with its engine's volume at the end."""
+    def started(cls, prefix="st-dind", ssh_key=None):
+        """A new test host with its engine answering; removed with its engine's volume at the end.
+        With ssh_key (an SshKey), its sshd lets root in with that key (see ssh_inventory_line)."""
         host = cls(testbed.unique_name(prefix))
-        platform = molecule_platform()
-        argv = ["docker", "run", "-d", "--name", host.name, "--tmpfs", "/run", "-v", "/var/lib/docker"]
-        argv += ["--cap-add=%s" % cap for cap in platform["capabilities"]]
-        argv += ["--security-opt=%s" % opt for opt in platform["security_opts"]]
         try:
-            testbed.run([*argv, TESTHOST_IMAGE])
+            host.run(ssh_key)
             host.wait_for_engine()
+            if ssh_key:
+                host.wait_for_ssh(ssh_key)
             yield host
         finally:
-            testbed.run(["docker", "rm", "-f", "-v", host.name], check=False)
+            host.remove()
+
+    def run(self, ssh_key=None):
+        """docker run the host (detached), as Molecule runs its hosts."""
+        platform = molecule_platform()
+        argv = ["docker", "run", "-d", "--name", self.name, "--tmpfs", "/run", "-v", "/var/lib/docker"]
+        argv += ["--cap-add=%s" % cap for cap in platform["capabilities"]]
+        argv += ["--security-opt=%s" % opt for opt in platform["security_opts"]]
+        if ssh_key:
+            argv += ["-e", "TESTHOST_AUTHORIZED_KEY=" + ssh_key.public]
+        testbed.run([*argv, TESTHOST_IMAGE])
+
+    def remove(self):
+        testbed.run(["docker", "rm", "-f", "-v", self.name], check=False)
 
     def exec(self, *argv, check=True, **kwargs):
         return testbed.run(["docker", "exec", "-i", self.name, *argv], check=check, **kwargs)
@@ -74,6 +112,12 @@ class DockerHost:
             save.stdout.close()
             save.wait(timeout=300)
         assert save.returncode == 0 and load.returncode == 0, load.stderr
+
+    def load_archive(self, archive):
+        """Images from a `docker save` archive, loaded into the inner engine."""
+        with open(archive, "rb") as stream:
+            load = subprocess.run([*self.docker, "load", "-q"], stdin=stream, capture_output=True, check=False)
+        assert load.returncode == 0, load.stderr
 
     def stop_engine(self, timeout=60):
         """Stop the inner dockerd as a service manager does (SIGTERM: it stops its containers first)."""
@@ -108,6 +152,41 @@ class DockerHost:
         Path(path).write_text("[%s]\n%s %s\n" % (group, self.name, line))
         return path
 
+    @property
+    def address(self):
+        """The host's address on the test bed engine's bridge network (its SSH server listens there)."""
+        found = testbed.run(
+            ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", self.name]
+        )
+        return found.stdout.split()[0]
+
+    def ssh_answers(self, ssh_key):
+        return ssh_key.run(self.address, "true", check=False).returncode == 0
+
+    def wait_for_ssh(self, ssh_key, timeout=60):
+        testbed.wait_for(lambda: self.ssh_answers(ssh_key), timeout, "sshd of test host %s" % self.name, interval=0.5)
+
+    def stop_ssh(self):
+        """Stop every sshd of the host, the listener and the sessions Ansible holds open (as a host
+        that went away does): every later connection is refused."""
+        self.exec("pkill", "-KILL", "-x", "sshd")
+
+    def start_ssh(self, ssh_key):
+        self.exec(*SSHD)
+        self.wait_for_ssh(ssh_key)
+
+    def ssh_inventory_line(self, name, ssh_key, **variables):
+        """An inventory line naming this host `name`, reached over SSH as root with ssh_key."""
+        settings = dict(
+            ansible_host=self.address,
+            ansible_user="root",
+            ansible_ssh_private_key_file=str(ssh_key.private),
+            ansible_ssh_common_args="'%s'" % " ".join(ssh_key.options),
+            ansible_python_interpreter="/usr/bin/python3",
+            **variables,
+        )
+        return "%s %s\n" % (name, " ".join("%s=%s" % item for item in settings.items()))
+
     def read(self, path):
         return self.exec("cat", path).stdout
 
@@ -124,3 +203,115 @@ class DockerHost:
         out = self.exec("python3", "-c", probe, url, check=False).stdout
         status, _newline, body = out.partition("\n")
         return int(status or 0), body
+
+
+class SshFleet:
+    """Test hosts reached over SSH, each with the shop (app + PostgreSQL) in SHOP_DIR, named in the
+    inventory group `web` by the names given (web1, web2, ...)."""
+
+    def __init__(self, hosts, key, directory, registry):
+        self.hosts, self.key, self.directory, self.registry = hosts, key, directory, registry
+        self.names = list(hosts)
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, names, images, directory, prefix="st-sshfleet"):
+        """The hosts started side by side, the shop's images loaded from one archive, the shop
+        deployed at v1 then v2 over SSH; every host removed at the end."""
+        key = SshKey(directory)
+        hosts = {name: DockerHost(testbed.unique_name(prefix)) for name in names}
+        archive = Path(directory) / "images.tar"
+        with contextlib.ExitStack() as cleanup:
+            for host in hosts.values():
+                cleanup.callback(host.remove)
+                host.run(ssh_key=key)
+            shop_images = [images["APP_IMAGE"] + ":v1", images["APP_IMAGE"] + ":v2", images["POSTGRES_IMAGE"]]
+            testbed.run(["docker", "save", "-o", str(archive), *shop_images])
+
+            def ready(host):
+                host.wait_for_engine()
+                host.wait_for_ssh(key)
+                host.load_archive(archive)
+
+            with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+                list(pool.map(ready, hosts.values()))
+            archive.unlink()
+            fleet = cls(hosts, key, Path(directory), images["APP_IMAGE"].rsplit("/stackops/", 1)[0])
+            fleet.deploy(["v1", "v2"])
+            yield fleet
+
+    def inventory(self, path, extra=None, names=None):
+        """The group `web` of the hosts (or of `names`), over SSH; `extra` adds inventory variables
+        to some of them ({name: {variable: value}})."""
+        lines = [
+            self.hosts[name].ssh_inventory_line(
+                name,
+                self.key,
+                recreate_project_src=SHOP_DIR,
+                recreate_backup_dir="/var/backups/shop",
+                **(extra or {}).get(name, {}),
+            )
+            for name in names or self.names
+        ]
+        Path(path).write_text("[web]\n" + "".join(lines))
+        return path
+
+    def deploy(self, versions):
+        """Deploy each version in turn on every host (and record it), a row written through each."""
+        inventory = self.inventory(self.directory / "deploy.ini")
+        result = testbed.run_playbook(
+            PREPARE_SHOP,
+            {"shop_dir": SHOP_DIR, "testbed_registry": self.registry, "shop_versions": list(versions)},
+            inventory=str(inventory),
+            extra_args=["--forks", str(len(self.hosts))],
+        )
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+    def on_v2(self):
+        """Every host on v2 again (a test or a round before may have rolled some back)."""
+        if self.versions() != ["v2"] * len(self.names):
+            self.deploy(["v2"])
+        assert self.versions() == ["v2"] * len(self.names)
+        return self
+
+    def versions(self):
+        return [self.hosts[name].http_get("http://127.0.0.1:8080/version")[1].strip() for name in self.names]
+
+    def rows(self, name):
+        status, body = self.hosts[name].http_get("http://127.0.0.1:8080/records")
+        assert status == 200, body
+        return [row["body"] for row in json.loads(body)]
+
+    def state(self):
+        """Per host: its containers (id, name, state) and every ledger file with its checksum (the
+        lock's guard, an empty file any run's lock creates once, left out)."""
+        found = {}
+        for name, host in self.hosts.items():
+            containers = host.exec("docker", "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.State}}")
+            files = ["find", LEDGER_DIR, "-type", "f", "!", "-name", "lock.guard"]
+            ledger = host.exec(*files, "-exec", "sha256sum", "{}", "+")
+            found[name] = (sorted(containers.stdout.splitlines()), sorted(ledger.stdout.splitlines()))
+        return found
+
+    def variables(self, directory, **settings):
+        """The rollback's extra vars: the shop's health check, the report under directory/reports."""
+        return dict(
+            {
+                "recreate_health_http": [{"url": "http://127.0.0.1:8080/health", "successes": 2}],
+                "recreate_health_timeout": 60,
+                "recreate_health_min_uptime": 1,
+                "rollback_report_dir": str(Path(directory) / "reports"),
+            },
+            **settings,
+        )
+
+    def roll_back(self, directory, inventory=None, extra_args=(), env=None, **settings):
+        """playbooks/rollback_recreate.yml -l web over SSH, a fork per host."""
+        inventory = inventory or self.inventory(Path(directory) / "fleet.ini")
+        return testbed.run_playbook(
+            RECREATE_PLAYBOOK,
+            self.variables(directory, **settings),
+            inventory=str(inventory),
+            extra_args=["-l", "web", "--forks", str(len(self.hosts)), *extra_args],
+            env=env,
+        )
