@@ -45,7 +45,7 @@ def test_both_parts_run_even_when_the_first_fails(tmp_path):
     result, calls = run_integration(tmp_path, {"parallel": 1, "serial": 0})
     assert result.returncode == 1
     assert [c.split()[0] for c in calls] == ["parallel", "serial"]
-    assert "-n 2 --dist worksteal" in calls[0] and "-n" not in calls[1].split()
+    assert "-n 2 --dist loadgroup" in calls[0] and "-n" not in calls[1].split()
 
 
 def test_a_subset_that_one_part_does_not_reach_passes(tmp_path):
