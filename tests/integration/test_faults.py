@@ -358,28 +358,13 @@ def test_a_docker_daemon_stopped_mid_rollback_then_started_converges_on_the_next
     dind_shop, tmp_path, step, fault_case
 ):
     host, inventory, variables = dind_shop
-    lock_path = "/var/lib/stackops-rollback/projects/shop/lock"
-
-    def lock():
-        text = host.exec("cat", lock_path, check=False).stdout
-        try:
-            return json.loads(text)
-        except ValueError:
-            return {}
-
     with rows_written_throughout("shop-db-1", docker=host.docker, interval=0.1, max_seconds=900) as writer:
         log = tmp_path / "stopped.log"
-        run = testbed.start_playbook(RECREATE_PLAYBOOK, variables, str(inventory), str(log))
-        try:
-            testbed.wait_for(lambda: run.poll() is not None or lock().get("step") == step, 180, "step " + step)
-            assert run.poll() is None, "the run ended before step %s: %s" % (step, log.read_text()[-3000:])
-            host.stop_engine()
-            run.wait(timeout=600)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)
+        returncode = testhosts.fault_at_step(
+            host, step, host.stop_engine, RECREATE_PLAYBOOK, variables, inventory, log, within=180
+        )
         first = log.read_text()
-        assert run.returncode != 0, first[-4000:]
+        assert returncode != 0, first[-4000:]
         failed = re.search(r"FAILED at step '[^']+'", first)
         assert failed, first[-4000:]
         assert "The project lock keeps the plan" in first, first[-4000:]
@@ -397,7 +382,7 @@ def test_a_docker_daemon_stopped_mid_rollback_then_started_converges_on_the_next
                 states,
                 result.stdout[-5000:],
             )
-            assert lock() == {}, "the lock was not released"
+            assert host.lock() == {}, "the lock was not released"
             done = re.search(
                 r"(rolled back from \S+ \(\S+\) to \S+ \(\S+\)|already on release \S+ \(\S+\))", result.stdout
             )

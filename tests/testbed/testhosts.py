@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -102,21 +105,19 @@ class DockerHost:
         """The outer engine's images, loaded into the inner engine (there is no registry it could reach)."""
         save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
         try:
-            load = subprocess.run(
-                ["docker", "exec", "-i", self.name, "docker", "load", "-q"],
-                stdin=save.stdout,
-                capture_output=True,
-                check=False,
-            )
+            self._load_from(save.stdout)
         finally:
             save.stdout.close()
             save.wait(timeout=300)
-        assert save.returncode == 0 and load.returncode == 0, load.stderr
+        assert save.returncode == 0, "docker save %s failed" % " ".join(images)
 
     def load_archive(self, archive):
         """Images from a `docker save` archive, loaded into the inner engine."""
         with open(archive, "rb") as stream:
-            load = subprocess.run([*self.docker, "load", "-q"], stdin=stream, capture_output=True, check=False)
+            self._load_from(stream)
+
+    def _load_from(self, stream):
+        load = subprocess.run([*self.docker, "load", "-q"], stdin=stream, capture_output=True, check=False)
         assert load.returncode == 0, load.stderr
 
     def stop_engine(self, timeout=60):
@@ -152,9 +153,10 @@ class DockerHost:
         Path(path).write_text("[%s]\n%s %s\n" % (group, self.name, line))
         return path
 
-    @property
+    @functools.cached_property
     def address(self):
-        """The host's address on the test bed engine's bridge network (its SSH server listens there)."""
+        """The host's address on the test bed engine's bridge network (its SSH server listens there);
+        read once, as it stays the container's for its life."""
         found = testbed.run(
             ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", self.name]
         )
@@ -186,6 +188,33 @@ class DockerHost:
             **variables,
         )
         return "%s %s\n" % (name, " ".join("%s=%s" % item for item in settings.items()))
+
+    def lock(self, project="shop"):
+        """A project's lock record on the host, read through the outer engine ({} when none)."""
+        text = self.exec("cat", "%s/projects/%s/lock" % (LEDGER_DIR, project), check=False).stdout
+        try:
+            return json.loads(text)
+        except ValueError:
+            return {}
+
+    def signal(self, pid, name):
+        """Send signal `name` (STOP, CONT, ...) to process pid of the host; False when it is gone."""
+        return self.exec("kill", "-" + name, str(pid), check=False).returncode == 0
+
+    def process_state(self, pid):
+        """The state of process pid (ps's STAT: T stopped, S sleeping...); '' when there is none."""
+        return self.exec("ps", "-o", "stat=", "-p", str(pid), check=False).stdout.strip()
+
+    def hold_lock_worker(self, project="shop"):
+        """Stop (SIGSTOP) the module the project's lock names as the worker of its step: its pid,
+        once stopped while the lock still names it; None when there is none or it had ended."""
+        pid = (self.lock(project).get("worker") or {}).get("pid")
+        if not pid or not self.signal(pid, "STOP"):
+            return None
+        if (self.lock(project).get("worker") or {}).get("pid") == pid:
+            return pid
+        self.signal(pid, "CONT")
+        return None
 
     def read(self, path):
         return self.exec("cat", path).stdout
@@ -315,3 +344,19 @@ class SshFleet:
             extra_args=["-l", "web", "--forks", str(len(self.hosts)), *extra_args],
             env=env,
         )
+
+
+def fault_at_step(host, step, fault, playbook, variables, inventory, log, within=400, when=None):
+    """Start playbook (its output to log), do fault() once host's lock shows `step` (or once
+    when(lock record) is true), then wait for the run to end (killing its process group if it has
+    not within 600 s). Fails when the run ended before. Returns the run's return code."""
+    ready = when or (lambda lock: lock.get("step") == step)
+    run = testbed.start_playbook(playbook, variables, str(inventory), str(log))
+    try:
+        testbed.wait_for(lambda: run.poll() is not None or ready(host.lock()), within, "step " + step)
+        assert run.poll() is None, "the run ended before step %s: %s" % (step, Path(log).read_text()[-4000:])
+        fault()
+        return run.wait(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
