@@ -17,7 +17,7 @@ import os
 import socket
 
 from ansible.plugins.action import ActionBase
-from ansible_collections.stackops.rollback.plugins.module_utils._ledger import lock_stage
+from ansible_collections.stackops.rollback.plugins.module_utils._ledger import lock_stage, waited_for_worker
 
 
 def process_alive(pid):
@@ -55,10 +55,11 @@ class ActionModule(ActionBase):
             args["takeover_token"] = holder.get("token")
             answer = self._execute_module("stackops.rollback.rollback_lock", module_args=args, task_vars=task_vars)
             if not answer.get("failed"):
-                answer["msg"] = "took over the lock of a run that died (pid %s on %s, phase %s)" % (
+                answer["msg"] = "took over the lock of a run that died (pid %s on %s, phase %s)%s" % (
                     holder.get("controller_pid"),
                     controller,
                     lock_stage(holder),
+                    waited_for_worker(answer.get("waited_for")),
                 )
         elif answer.get("lock_held") and wait_timeout:
             # A live holder, or one on another controller: wait for it, or for its lease to end.

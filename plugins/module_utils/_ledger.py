@@ -97,8 +97,9 @@ class LockHeld(LedgerError):
         self.holder = holder
         plan = holder.get("plan") or {}
         expires = holder.get("lease_expires")
+        worker = live_worker(holder)
         super().__init__(
-            "another rollback holds the lock of project %s%s: %s, on controller %s (pid %s), host %s, since %s%s%s. "
+            "another rollback holds the lock of project %s%s: %s, on controller %s (pid %s), host %s, since %s%s%s%s. "
             "Lock file %s. If that run died, a later run takes the lock over once its lease has ended; to clear it "
             "now: ansible <this host> -b -m stackops.rollback.rollback_lock -a 'project=%s ledger_dir=%s token=clear "
             "state=absent force=true'"
@@ -115,11 +116,78 @@ class LockHeld(LedgerError):
                 if plan
                 else "",
                 "; lease ends %s" % utc_stamp_of(expires) if isinstance(expires, (int, float)) else "",
+                "; its step %s is still working on host %s (pid %s, since %s): the lock is taken over only once that "
+                "process has ended - if it hangs, stop it there (kill %s)"
+                % (
+                    worker.get("step", "?"),
+                    worker.get("host", "?"),
+                    worker["pid"],
+                    worker.get("since", "?"),
+                    worker["pid"],
+                )
+                if worker
+                else "",
                 ledger.lock_path,
                 ledger.project,
                 ledger.root,
             )
         )
+
+
+def process_start(pid):
+    """The start time of process `pid` on this host (clock ticks since boot, from /proc), None when
+    it does not run (gone, or a zombie); "unknown" when it exists and /proc cannot tell (not Linux)."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "unknown"
+    # The command name, in parentheses, may hold spaces: the fields after it are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None  # ended, not yet reaped (a container's PID 1 may never reap it)
+    return int(fields[19])
+
+
+def worker_record(label):
+    """What a lock records of the process doing one long step of its run on this host."""
+    pid = os.getpid()
+    return {"pid": pid, "started": process_start(pid), "host": socket.gethostname(), "step": label, "since": utcnow()}
+
+
+def live_worker(record):
+    """The lock record's worker when that process still runs: a module whose controller went away
+    (SSH dropped) goes on with its step, and nobody may take the lock over from it meanwhile. A
+    worker on another host (a shared ledger) cannot be checked here: it counts as alive."""
+    worker = record.get("worker")
+    if not isinstance(worker, dict) or not isinstance(worker.get("pid"), int):
+        return None
+    if worker.get("host") != socket.gethostname():
+        return worker
+    started = process_start(worker["pid"])
+    if started is None or (started != "unknown" and started != worker.get("started")):
+        return None  # gone, or its pid now names another process
+    return worker
+
+
+def waited_for_worker(worker):
+    """What the takeover's message says of a step of the dead run that it waited for."""
+    if not worker:
+        return ""
+    return ", once its step %s (pid %s on %s), still working after its controller went away, had ended %ss later" % (
+        worker.get("step", "?"),
+        worker.get("pid", "?"),
+        worker.get("host", "?"),
+        worker.get("seconds", "?"),
+    )
 
 
 def lock_stage(record):
@@ -511,7 +579,10 @@ class Ledger:
     @classmethod
     def may_take(cls, current, takeover_token, now, grace):
         """Whether a run other than its holder may take this lock record over: its holder is
-        known dead (`takeover_token`), or its lease ended more than `grace` seconds ago."""
+        known dead (`takeover_token`), or its lease ended more than `grace` seconds ago - and no
+        step of it still works on this host (its controller may be gone while its module runs)."""
+        if live_worker(current):
+            return False
         dead = bool(takeover_token) and current.get("token") == takeover_token
         return dead or cls.lease_expired(current, now, grace)
 
@@ -570,9 +641,9 @@ class Ledger:
             self._write_lock(data)
             return True, resumed
 
-    def update_lock(self, token, data, now=None):
-        """Merge data (the plan, the phase reached) into the lock this token holds and renew its
-        lease; True when the data changed."""
+    def update_lock(self, token, data, now=None, drop=()):
+        """Merge data (the plan, the phase reached) into the lock this token holds, without the
+        keys in `drop`, and renew its lease; True when the data changed."""
         with self._guard():
             current = self.lock_holder()
             if current is None or current.get("token") != token:
@@ -580,7 +651,7 @@ class Ledger:
                     "project %s's lock is not held by this run (holder: %s); not updating it"
                     % (self.project, (current or {}).get("holder", "nobody"))
                 )
-            merged = dict(current)
+            merged = {k: v for k, v in current.items() if k not in drop}
             merged.update(data)
             changed = merged != current
             merged.update(self._lease(current.get("lease_seconds"), time.time() if now is None else now))
@@ -613,17 +684,19 @@ class LeaseKeeper:
     the lease is never taken for a dead run. It stops with the step, so a run that really died
     is still taken over once its lease ends."""
 
-    def __init__(self, ledger, token, interval=None):
+    def __init__(self, ledger, token, interval=None, step="a long step"):
         self.ledger = ledger
         self.token = token
         self.interval = interval
+        self.step = step
         self.lost = None  # why a renewal failed during the step (the lock was taken over)
         self._stopped = threading.Event()
         self._thread = None
 
     def start(self):
-        """Renew now; raise LedgerError when this run does not hold the lock (nothing started)."""
-        self.ledger.update_lock(self.token, {})
+        """Renew now and record this process as the run's worker; raise LedgerError when this run
+        does not hold the lock (nothing started)."""
+        self.ledger.update_lock(self.token, {"worker": worker_record(self.step)})
         seconds = (self.ledger.lock_holder() or {}).get("lease_seconds")
         if not isinstance(seconds, (int, float)) or seconds <= 0:
             return  # a lock without a lease never expires by time: nothing to renew
@@ -643,6 +716,11 @@ class LeaseKeeper:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join()
+        if self.lost is None:
+            try:
+                self.ledger.update_lock(self.token, {}, drop=("worker",))
+            except (LedgerError, OSError) as exc:
+                self.lost = str(exc)
 
 
 def run_keeping_lease(module, work):
@@ -654,7 +732,11 @@ def run_keeping_lease(module, work):
     lock = module.params.get("renew_lock")
     if not lock or module.check_mode:
         return work()
-    keeper = LeaseKeeper(Ledger(module.params["ledger_dir"], lock["project"]), lock["token"])
+    keeper = LeaseKeeper(
+        Ledger(module.params["ledger_dir"], lock["project"]),
+        lock["token"],
+        step=getattr(module, "_name", None) or "a long step",
+    )
     try:
         keeper.start()
     except LedgerError as exc:

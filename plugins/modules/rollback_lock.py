@@ -20,6 +20,10 @@ description:
     finish or undo its work - at once on the same controller, where the holder's process is seen
     to be gone; from any controller once the holder's lease (O(lease)) ended O(grace) seconds ago,
     as under AWX, where each job runs in a new container.
+  - Never while a step of the holder's run still works on the host. A long step (a backup, a health
+    wait) records its process in the lock; when SSH drops, that module goes on without its controller,
+    and a takeover waits (up to O(wait_timeout)) until the process has ended, so two runs never work
+    on one project at once.
   - The same O(token) taking the lock again succeeds without change, so a re-run of the same play
     is not locked out by itself.
 author:
@@ -94,6 +98,8 @@ options:
       - Seconds to wait for a lock held by another run to be released (or its lease to end), asking
         every second. Then the task fails naming the holder - its controller, host, start time, plan
         and phase - and the command that clears the lock.
+      - Also how long a takeover (and a check in check mode) waits for a step of the dead run that still
+        works on the host.
       - V(0) fails at once.
     type: int
     default: 0
@@ -158,6 +164,13 @@ host_time:
   returned: always
   type: float
   sample: 1764633600.412
+waited_for:
+  description:
+    - The step this run waited for before it took the lock over - a module of the holder's run still working
+      on this host after its controller went away (SSH dropped) - with the seconds waited (C(seconds)).
+  returned: when this run waited for such a step
+  type: dict
+  sample: {"pid": 4242, "step": "stackops.rollback.volume_backup", "host": "web1", "seconds": 12}
 msg:
   description: Says whose lock was taken over, and why, when this run took one over.
   returned: when a lock was taken over
@@ -172,20 +185,62 @@ from ansible_collections.stackops.rollback.plugins.module_utils._ledger import (
     Ledger,
     LedgerError,
     LockHeld,
+    live_worker,
     utc_stamp_of,
+    waited_for_worker,
 )
 
 
 def take(ledger, record, params, clock=time.monotonic, sleep=time.sleep):
-    """Take the lock, waiting up to wait_timeout seconds while another live run holds it."""
+    """Take the lock, waiting up to wait_timeout seconds while another live run holds it - or a step
+    of a run whose controller went away still works on this host.
+
+    Returns (changed, resumed, waited_for): waited_for is that step's worker record with the seconds
+    waited for it to end, else None.
+    """
+    return wait_for_lock(
+        ledger,
+        params,
+        lambda: ledger.acquire(record, params["takeover_token"], lease=params["lease"], grace=params["grace"]),
+        clock,
+        sleep,
+    )
+
+
+def judge(ledger, token, params, clock=time.monotonic, sleep=time.sleep):
+    """Check mode: whether this run could take the lock, taking nothing. Like the run itself, it waits
+    for a step of a dead run still working on this host; any other holder fails it at once.
+
+    Returns (changed, None, waited_for) as take() does.
+    """
+
+    def may_take():
+        current = ledger.lock_holder()
+        if current is None or current.get("token") == token:
+            return current is None, None
+        if not ledger.may_take(current, params["takeover_token"], time.time(), params["grace"]):
+            raise LockHeld(ledger, current)
+        return True, None
+
+    return wait_for_lock(ledger, params, may_take, clock, sleep, only_for_steps=True)
+
+
+def wait_for_lock(ledger, params, attempt, clock, sleep, only_for_steps=False):
+    """attempt() until it stops raising LockHeld, every second for up to wait_timeout seconds (with
+    only_for_steps, only while the holder's step still works on the host)."""
     started = clock()
+    waited_for = None
     while True:
         try:
-            return ledger.acquire(record, params["takeover_token"], lease=params["lease"], grace=params["grace"])
+            changed, resumed = attempt()
+            return changed, resumed, waited_for
         except LockHeld as exc:
             waited = clock() - started
-            if waited >= params["wait_timeout"]:
-                if params["wait_timeout"] > 0:
+            worker = live_worker(exc.holder)
+            if worker is not None:
+                waited_for = dict(worker, seconds=int(waited))
+            if waited >= params["wait_timeout"] or (only_for_steps and worker is None):
+                if params["wait_timeout"] > 0 and waited > 0:
                     raise LockHeld(ledger, exc.holder, waited=int(waited)) from None
                 raise
             sleep(min(1.0, params["wait_timeout"] - waited))
@@ -217,20 +272,24 @@ def main():
     try:
         ledger = Ledger(p["ledger_dir"], p["project"])
         current = ledger.lock_holder()
-        resumed = None
+        resumed = waited_for = None
         if p["state"] == "present":
-            ours = current is not None and current.get("token") == p["token"]
             if module.check_mode:
-                if current and not ours and not ledger.may_take(current, p["takeover_token"], time.time(), p["grace"]):
-                    raise LockHeld(ledger, current)
-                module.exit_json(changed=not ours, holder=current, resumed=None, host_time=host_time)
+                changed, resumed, waited_for = judge(ledger, p["token"], p)
+                module.exit_json(
+                    changed=changed,
+                    holder=ledger.lock_holder(),
+                    resumed=resumed,
+                    host_time=host_time,
+                    **({"waited_for": waited_for} if waited_for else {}),
+                )
             record = {
                 "holder": p["holder"],
                 "token": p["token"],
                 "controller": p["controller"],
                 "controller_pid": p["controller_pid"],
             }
-            changed, resumed = take(ledger, dict(record, **(p["data"] or {})), p)
+            changed, resumed, waited_for = take(ledger, dict(record, **(p["data"] or {})), p)
             if not changed and p["data"]:
                 changed = ledger.update_lock(p["token"], p["data"])
         else:
@@ -242,6 +301,8 @@ def main():
     except LedgerError as exc:
         module.fail_json(msg=str(exc), holder=ledger.lock_holder() if ledger else None)
     result = dict(changed=changed, holder=ledger.lock_holder(), resumed=resumed, host_time=host_time)
+    if p["state"] == "present" and waited_for:
+        result["waited_for"] = waited_for
     if resumed and (resumed.get("damaged") or resumed.get("token") != p["takeover_token"]):
         if resumed.get("unfinished"):
             kind, why = "a run that ended unfinished", resumed["unfinished"]
@@ -249,11 +310,12 @@ def main():
             kind, why = "a run whose lease ended", "lease ended %s" % utc_stamp_of(resumed["lease_expires"])
         else:
             kind, why = "a run whose lease ended", "an empty or damaged lock file"
-        result["msg"] = "took over the lock of %s (%s, controller %s, %s)" % (
+        result["msg"] = "took over the lock of %s (%s, controller %s, %s)%s" % (
             kind,
             resumed.get("holder", "?"),
             resumed.get("controller", "?"),
             why,
+            waited_for_worker(waited_for),
         )
     module.exit_json(**result)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from ansible_collections.stackops.rollback.plugins.module_utils import _ledger
@@ -352,6 +354,62 @@ def test_a_lock_without_a_lease_needs_no_renewal(tmp_path):
     keeper.stop()
 
 
+@pytest.fixture
+def other_process():
+    """A live process of this host other than the test's (a module whose controller went away)."""
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_step_still_working_on_the_host_keeps_its_lock_from_every_takeover(tmp_path, other_process):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1", "plan": {"from": "a", "to": "b"}}, lease=30, grace=0, now=0.0)
+    worker = dict(_ledger.worker_record("stackops.rollback.volume_backup"), pid=other_process.pid)
+    worker["started"] = _ledger.process_start(other_process.pid)
+    ledger.update_lock("t1", {"worker": worker, "step": "backup"}, now=0.0)
+    # Its controller is known dead (takeover_token), and its lease ended long ago: still held.
+    for token, now in (("t1", 1.0), (None, 10**6)):
+        with pytest.raises(LockHeld, match="volume_backup is still working on host") as held:
+            ledger.acquire({"holder": "next", "token": "t2"}, takeover_token=token, lease=30, now=now)
+        assert "kill %d" % other_process.pid in str(held.value) and ledger.lock_holder()["token"] == "t1"
+    assert not Ledger.may_take(ledger.lock_holder(), "t1", 10**6, 0)
+    other_process.kill()
+    other_process.wait()
+    changed, resumed = ledger.acquire({"holder": "next", "token": "t2"}, takeover_token="t1", lease=30, now=2.0)
+    assert changed and resumed["step"] == "backup" and resumed["plan"] == {"from": "a", "to": "b"}
+
+
+def test_a_worker_pid_now_naming_another_process_or_on_another_host_is_judged_right(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1"}, lease=30, grace=0, now=0.0)
+    reused = dict(_ledger.worker_record("a long step"), started=_ledger.process_start(os.getpid()) - 1)
+    ledger.update_lock("t1", {"worker": reused}, now=0.0)
+    assert ledger.acquire({"holder": "next", "token": "t2"}, takeover_token="t1", lease=30, now=1.0)[0]
+    # A worker on another host (a shared ledger) cannot be asked: it counts as alive.
+    elsewhere = dict(_ledger.worker_record("a long step"), host="another-host")
+    ledger.update_lock("t2", {"worker": elsewhere}, now=1.0)
+    with pytest.raises(LockHeld, match="still working on host another-host"):
+        ledger.acquire({"holder": "third", "token": "t3"}, takeover_token="t2", lease=30, now=2.0)
+
+
+def test_a_long_step_records_its_process_while_it_works_and_drops_it_after(tmp_path):
+    ledger = Ledger(str(tmp_path), "shop")
+    ledger.acquire({"holder": "first", "token": "t1", "step": "backup"}, lease=30)
+    keeper = _ledger.LeaseKeeper(ledger, "t1", interval=10, step="stackops.rollback.volume_backup")
+    keeper.start()
+    try:
+        worker = ledger.lock_holder()["worker"]
+        assert (worker["pid"], worker["step"]) == (os.getpid(), "stackops.rollback.volume_backup")
+        assert _ledger.live_worker(ledger.lock_holder()) == worker
+    finally:
+        keeper.stop()
+    assert "worker" not in ledger.lock_holder() and ledger.lock_holder()["step"] == "backup"
+
+
 class FakeModule:
     def __init__(self, params, check_mode=False):
         self.params = dict(params)
@@ -394,3 +452,16 @@ def test_a_failed_deploy_is_never_current_and_left_by_failure_until_the_next_set
     assert [e["release"] for e in ledger.failed_history("failed_deploy")] == ["c"]
     ledger.append_event({"event": "rollback", "release": "a"})
     assert not ledger.left_by_failure("c")
+
+
+def test_a_worker_that_ended_but_was_never_reaped_counts_as_ended(tmp_path):
+    """A container's PID 1 may reap nothing: a module killed there stays a zombie."""
+    zombie = subprocess.Popen(["true"])
+    stat = "/proc/%d/stat" % zombie.pid
+    wait_until(lambda: Path(stat).read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    try:
+        assert _ledger.process_start(zombie.pid) is None
+        assert _ledger.live_worker({"worker": dict(_ledger.worker_record("a long step"), pid=zombie.pid)}) is None
+    finally:
+        zombie.wait()
+    assert _ledger.process_start(zombie.pid) is None
