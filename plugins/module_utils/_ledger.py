@@ -93,11 +93,11 @@ class LedgerError(Exception):
 class LockHeld(LedgerError):
     """Another run holds the project's lock; `holder` is its record."""
 
-    def __init__(self, ledger, holder, waited=None):
+    def __init__(self, ledger, holder, waited=None, now=None):
         self.holder = holder
         plan = holder.get("plan") or {}
         expires = holder.get("lease_expires")
-        worker = live_worker(holder)
+        worker = live_worker(holder, now)
         super().__init__(
             "another rollback holds the lock of project %s%s: %s, on controller %s (pid %s), host %s, since %s%s%s%s. "
             "Lock file %s. If that run died, a later run takes the lock over once its lease has ended; to clear it "
@@ -140,11 +140,11 @@ def process_start(pid):
     try:
         with open("/proc/%d/stat" % pid) as fh:
             stat = fh.read()
-    except FileNotFoundError:
-        return None
     except OSError:
+        if os.path.exists("/proc/self/stat"):
+            return None  # /proc answers for this process: that one is gone
         try:
-            os.kill(pid, 0)
+            os.kill(pid, 0)  # no /proc here: existence is all there is to know
         except ProcessLookupError:
             return None
         except PermissionError:
@@ -157,21 +157,45 @@ def process_start(pid):
     return int(fields[19])
 
 
+def boot_id():
+    """This host's boot id (a reboot ends every process), None where the kernel has none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
 def worker_record(label):
     """What a lock records of the process doing one long step of its run on this host."""
     pid = os.getpid()
-    return {"pid": pid, "started": process_start(pid), "host": socket.gethostname(), "step": label, "since": utcnow()}
+    return {
+        "pid": pid,
+        "started": process_start(pid),
+        "boot": boot_id(),
+        "host": socket.gethostname(),
+        "step": label,
+        "since": utcnow(),
+    }
 
 
-def live_worker(record):
+def live_worker(record, now=None):
     """The lock record's worker when that process still runs: a module whose controller went away
-    (SSH dropped) goes on with its step, and nobody may take the lock over from it meanwhile. A
-    worker on another host (a shared ledger) cannot be checked here: it counts as alive."""
+    (SSH dropped) goes on with its step, and nobody may take the lock over from it meanwhile.
+
+    A worker recorded under another host name (a renamed host, a shared ledger) cannot be asked
+    here: it counts as alive while the lease it renews lasts, so a record left by a worker that was
+    killed never holds the lock for good.
+    """
     worker = record.get("worker")
     if not isinstance(worker, dict) or not isinstance(worker.get("pid"), int):
         return None
     if worker.get("host") != socket.gethostname():
-        return worker
+        expires = record.get("lease_expires")
+        alive = isinstance(expires, (int, float)) and (time.time() if now is None else now) <= expires
+        return worker if alive else None
+    if worker.get("boot") and boot_id() and worker["boot"] != boot_id():
+        return None  # the host rebooted since
     started = process_start(worker["pid"])
     if started is None or (started != "unknown" and started != worker.get("started")):
         return None  # gone, or its pid now names another process
@@ -581,7 +605,7 @@ class Ledger:
         """Whether a run other than its holder may take this lock record over: its holder is
         known dead (`takeover_token`), or its lease ended more than `grace` seconds ago - and no
         step of it still works on this host (its controller may be gone while its module runs)."""
-        if live_worker(current):
+        if live_worker(current, now):
             return False
         dead = bool(takeover_token) and current.get("token") == takeover_token
         return dead or cls.lease_expired(current, now, grace)
@@ -630,20 +654,20 @@ class Ledger:
                 self._write_lock(data)
                 return True, None
             if not self.may_take(current, takeover_token, now, grace):
-                raise LockHeld(self, current)
+                raise LockHeld(self, current, now=now)
             resumed = current
             # A run that took a dead run's lock over and died before it wrote a plan of its own
             # leaves the dead run's plan unfinished: the run after it finishes that one.
             inner = current.get("resumes")
             if "plan" not in current and isinstance(inner, dict) and "plan" in inner:
                 resumed = inner
-            data["resumes"] = {k: v for k, v in resumed.items() if k != "resumes"}
+            data["resumes"] = {k: v for k, v in resumed.items() if k not in ("resumes", "worker")}
             self._write_lock(data)
             return True, resumed
 
-    def update_lock(self, token, data, now=None, drop=()):
+    def update_lock(self, token, data, now=None, drop=(), renew=True):
         """Merge data (the plan, the phase reached) into the lock this token holds, without the
-        keys in `drop`, and renew its lease; True when the data changed."""
+        keys in `drop`, and renew its lease (unless renew is False); True when the data changed."""
         with self._guard():
             current = self.lock_holder()
             if current is None or current.get("token") != token:
@@ -654,7 +678,8 @@ class Ledger:
             merged = {k: v for k, v in current.items() if k not in drop}
             merged.update(data)
             changed = merged != current
-            merged.update(self._lease(current.get("lease_seconds"), time.time() if now is None else now))
+            if renew:
+                merged.update(self._lease(current.get("lease_seconds"), time.time() if now is None else now))
             if merged != current:
                 self._write_lock(merged)
             return changed
@@ -718,7 +743,7 @@ class LeaseKeeper:
             self._thread.join()
         if self.lost is None:
             try:
-                self.ledger.update_lock(self.token, {}, drop=("worker",))
+                self.ledger.update_lock(self.token, {}, drop=("worker",), renew=False)
             except (LedgerError, OSError) as exc:
                 self.lost = str(exc)
 

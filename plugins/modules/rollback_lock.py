@@ -39,7 +39,9 @@ attributes:
         on this controller is still alive before it waits.
   check_mode:
     support: full
-    details: Reports whether the lock is free; takes and releases nothing.
+    details:
+      - Reports whether the lock could be taken; takes and releases nothing. Like a real run, it waits (up to
+        O(wait_timeout)) for a step of a dead run still working on the host; any other holder fails it at once.
   diff_mode:
     support: none
   idempotent:
@@ -168,9 +170,16 @@ waited_for:
   description:
     - The step this run waited for before it took the lock over - a module of the holder's run still working
       on this host after its controller went away (SSH dropped) - with the seconds waited (C(seconds)).
-  returned: when this run waited for such a step
+  returned: when the lock was taken over (or, in check mode, could be) after waiting for such a step
   type: dict
-  sample: {"pid": 4242, "step": "stackops.rollback.volume_backup", "host": "web1", "seconds": 12}
+  sample:
+    pid: 4242
+    started: 1234567
+    boot: 0f6c1d3e-2a1b-4c5d-8e9f-0a1b2c3d4e5f
+    host: web1
+    step: stackops.rollback.volume_backup
+    since: "2026-12-07T12:00:00.000000Z"
+    seconds: 12
 msg:
   description: Says whose lock was taken over, and why, when this run took one over.
   returned: when a lock was taken over
@@ -196,7 +205,7 @@ def take(ledger, record, params, clock=time.monotonic, sleep=time.sleep):
     of a run whose controller went away still works on this host.
 
     Returns (changed, resumed, waited_for): waited_for is that step's worker record with the seconds
-    waited for it to end, else None.
+    waited until the lock was taken over, else None.
     """
     return wait_for_lock(
         ledger,
@@ -225,25 +234,36 @@ def judge(ledger, token, params, clock=time.monotonic, sleep=time.sleep):
     return wait_for_lock(ledger, params, may_take, clock, sleep, only_for_steps=True)
 
 
+def held_by_step(holder, params):
+    """The worker of a holder that only its live step keeps from being taken over (its run is dead
+    or its lease ended), else None."""
+    worker = live_worker(holder)
+    if worker is None:
+        return None
+    without = {k: v for k, v in holder.items() if k != "worker"}
+    return worker if Ledger.may_take(without, params["takeover_token"], time.time(), params["grace"]) else None
+
+
 def wait_for_lock(ledger, params, attempt, clock, sleep, only_for_steps=False):
     """attempt() until it stops raising LockHeld, every second for up to wait_timeout seconds (with
-    only_for_steps, only while the holder's step still works on the host)."""
+    only_for_steps, only while what holds the lock is a step of a dead run still working)."""
     started = clock()
-    waited_for = None
+    step = None
     while True:
         try:
             changed, resumed = attempt()
-            return changed, resumed, waited_for
         except LockHeld as exc:
             waited = clock() - started
-            worker = live_worker(exc.holder)
-            if worker is not None:
-                waited_for = dict(worker, seconds=int(waited))
-            if waited >= params["wait_timeout"] or (only_for_steps and worker is None):
-                if params["wait_timeout"] > 0 and waited > 0:
+            blocking = held_by_step(exc.holder, params)
+            step = blocking or step
+            if waited >= params["wait_timeout"] or (only_for_steps and blocking is None):
+                if params["wait_timeout"] > 0 and int(waited) > 0:
                     raise LockHeld(ledger, exc.holder, waited=int(waited)) from None
                 raise
             sleep(min(1.0, params["wait_timeout"] - waited))
+            continue
+        waited_for = dict(step, seconds=int(clock() - started)) if step is not None else None
+        return changed, resumed, waited_for
 
 
 def main():

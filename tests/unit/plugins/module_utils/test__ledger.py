@@ -381,6 +381,7 @@ def test_a_step_still_working_on_the_host_keeps_its_lock_from_every_takeover(tmp
     other_process.wait()
     changed, resumed = ledger.acquire({"holder": "next", "token": "t2"}, takeover_token="t1", lease=30, now=2.0)
     assert changed and resumed["step"] == "backup" and resumed["plan"] == {"from": "a", "to": "b"}
+    assert "worker" not in ledger.lock_holder()["resumes"], "the dead run's worker is not the new run's"
 
 
 def test_a_worker_pid_now_naming_another_process_or_on_another_host_is_judged_right(tmp_path):
@@ -389,11 +390,17 @@ def test_a_worker_pid_now_naming_another_process_or_on_another_host_is_judged_ri
     reused = dict(_ledger.worker_record("a long step"), started=_ledger.process_start(os.getpid()) - 1)
     ledger.update_lock("t1", {"worker": reused}, now=0.0)
     assert ledger.acquire({"holder": "next", "token": "t2"}, takeover_token="t1", lease=30, now=1.0)[0]
-    # A worker on another host (a shared ledger) cannot be asked: it counts as alive.
+    # A worker on another host name (renamed, a shared ledger) cannot be asked: it counts as alive
+    # while the lease it renews lasts, never longer.
     elsewhere = dict(_ledger.worker_record("a long step"), host="another-host")
     ledger.update_lock("t2", {"worker": elsewhere}, now=1.0)
     with pytest.raises(LockHeld, match="still working on host another-host"):
         ledger.acquire({"holder": "third", "token": "t3"}, takeover_token="t2", lease=30, now=2.0)
+    assert ledger.acquire({"holder": "third", "token": "t3"}, takeover_token="t2", lease=30, now=32.0)[0]
+    # Recorded before the host last booted: ended, whatever runs under its pid now.
+    rebooted = dict(_ledger.worker_record("a long step"), boot="an-earlier-boot")
+    assert _ledger.live_worker({"worker": rebooted}) is None
+    assert _ledger.live_worker({"worker": _ledger.worker_record("a long step")})
 
 
 def test_a_long_step_records_its_process_while_it_works_and_drops_it_after(tmp_path):
@@ -405,9 +412,12 @@ def test_a_long_step_records_its_process_while_it_works_and_drops_it_after(tmp_p
         worker = ledger.lock_holder()["worker"]
         assert (worker["pid"], worker["step"]) == (os.getpid(), "stackops.rollback.volume_backup")
         assert _ledger.live_worker(ledger.lock_holder()) == worker
+        renewed = ledger.lock_holder()["lease_expires"]
     finally:
         keeper.stop()
     assert "worker" not in ledger.lock_holder() and ledger.lock_holder()["step"] == "backup"
+    # Its end renews nothing: a run that died after it is taken over when the lease ends.
+    assert ledger.lock_holder()["lease_expires"] == renewed
 
 
 class FakeModule:

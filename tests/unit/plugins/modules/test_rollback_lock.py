@@ -87,7 +87,7 @@ def test_a_takeover_waits_for_a_step_of_the_dead_run_still_working_on_the_host(t
         orphan.kill()
         orphan.wait()
     assert changed and resumed["token"] == "t1" and ledger.lock_holder()["token"] == "t2"
-    assert (waited_for["pid"], waited_for["seconds"]) == (orphan.pid, 2) and clock.now == 3
+    assert (waited_for["pid"], waited_for["seconds"]) == (orphan.pid, 3) and clock.now == 3
     assert "volume_backup (pid %d on" % orphan.pid in _ledger.waited_for_worker(waited_for)
 
 
@@ -101,8 +101,12 @@ def test_check_mode_takes_nothing_waits_only_for_a_dead_runs_step_and_fails_at_o
     assert clock.slept == [] and "waited" not in str(held.value)
     orphan = subprocess.Popen(["sleep", "60"])
     try:
+        # A live run's step: its run is not dead, so the check fails at once, it does not wait.
         worker = dict(_ledger.worker_record("stackops.rollback.compose_release"), pid=orphan.pid)
         ledger.update_lock("t1", {"worker": dict(worker, started=_ledger.process_start(orphan.pid))})
+        with pytest.raises(LockHeld, match="compose_release is still working"):
+            judge(ledger, "t2", params(wait_timeout=30), clock, clock.sleep)
+        assert clock.slept == []
 
         def sleep(seconds):
             clock.sleep(seconds)
@@ -114,4 +118,4 @@ def test_check_mode_takes_nothing_waits_only_for_a_dead_runs_step_and_fails_at_o
     finally:
         orphan.kill()
         orphan.wait()
-    assert (changed, resumed, waited_for["seconds"]) == (True, None, 3) and ledger.lock_holder()["token"] == "t1"
+    assert (changed, resumed, waited_for["seconds"]) == (True, None, 4) and ledger.lock_holder()["token"] == "t1"
