@@ -28,14 +28,11 @@ from shop import (
     two_releases_with_archive_notes,
     versions_in_order,
 )
+from testbed import assert_ok
 from writer import rows_written_throughout
 
 # Tests that count failed requests under load are marked serial: they run alone (make integration's
 # serial part), as another test's load would skew the count. The others run beside other tests.
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
 
 
 def under_load(shop, action, min_requests=1500, within=30, margin=1.0):

@@ -21,11 +21,8 @@ import testbed
 import testhosts
 from faults import CONVERGES, REFUSED, REVERTED, said
 from shop import LEDGER, RECREATE_PLAYBOOK, host_state
+from testbed import assert_ok
 from writer import rows_written_throughout
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
 
 def assert_refused(result, *words):

@@ -24,6 +24,7 @@ from shop import (
     rolled_back_over_a_moved_latest_the_project_directory_keeps_v1,
     two_releases_with_archive_notes,
 )
+from testbed import assert_ok
 from writer import rows_written_throughout
 
 PLAYBOOK = testbed.REPO_ROOT / "playbooks" / "rollback_recreate.yml"
@@ -61,10 +62,6 @@ def v1_reading_a_host_env_file_then_v2(shop):
     shop.write("row 1")
     stops_reading_it(shop, host_env)
     return host_env, shop.deploy("v2")
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
 
 def recap_changed(result):

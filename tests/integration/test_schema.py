@@ -14,6 +14,7 @@ import testbed
 from faults import REFUSED, REVERTED, said
 from proxy import HostCaddy, host_migrates_queued_connections
 from shop import LEDGER, BlueGreenShop, RecreateShop
+from testbed import assert_ok
 
 DOWNGRADE = {"service": "app", "command": ["python3", "/opt/app/migrate.py", "downgrade", "{version}"]}
 
@@ -37,10 +38,6 @@ def pg_shop(compose_stack, images, free_port, tmp_path):
     shop = make_shop(RecreateShop, compose_stack, images, free_port, tmp_path, "postgres")
     yield shop
     shutil.rmtree(LEDGER / "projects" / shop.stack.name, ignore_errors=True)
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
 
 
 def rows(shop):

@@ -484,6 +484,11 @@ def real_clock_python(directory):
     return wrapper
 
 
+def assert_ok(result):
+    """A finished command (a playbook's run) succeeded; else fail showing the end of its output."""
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
+
+
 def run_playbook(
     playbook,
     extra_vars=None,
