@@ -194,7 +194,8 @@ def live_worker(record, now=None):
         expires = record.get("lease_expires")
         alive = isinstance(expires, (int, float)) and (time.time() if now is None else now) <= expires
         return worker if alive else None
-    if worker.get("boot") and boot_id() and worker["boot"] != boot_id():
+    booted = boot_id()
+    if worker.get("boot") and booted and worker["boot"] != booted:
         return None  # the host rebooted since
     started = process_start(worker["pid"])
     if started is None or (started != "unknown" and started != worker.get("started")):
@@ -605,8 +606,12 @@ class Ledger:
         """Whether a run other than its holder may take this lock record over: its holder is
         known dead (`takeover_token`), or its lease ended more than `grace` seconds ago - and no
         step of it still works on this host (its controller may be gone while its module runs)."""
-        if live_worker(current, now):
-            return False
+        return not live_worker(current, now) and cls.run_gone(current, takeover_token, now, grace)
+
+    @classmethod
+    def run_gone(cls, current, takeover_token, now, grace):
+        """Whether the run holding this lock record is over: known dead (`takeover_token`), or its
+        lease ended more than `grace` seconds ago (a step of it may still work on the host)."""
         dead = bool(takeover_token) and current.get("token") == takeover_token
         return dead or cls.lease_expired(current, now, grace)
 

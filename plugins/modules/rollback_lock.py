@@ -238,10 +238,9 @@ def held_by_step(holder, params):
     """The worker of a holder that only its live step keeps from being taken over (its run is dead
     or its lease ended), else None."""
     worker = live_worker(holder)
-    if worker is None:
+    if worker is None or not Ledger.run_gone(holder, params["takeover_token"], time.time(), params["grace"]):
         return None
-    without = {k: v for k, v in holder.items() if k != "worker"}
-    return worker if Ledger.may_take(without, params["takeover_token"], time.time(), params["grace"]) else None
+    return worker
 
 
 def wait_for_lock(ledger, params, attempt, clock, sleep, only_for_steps=False):

@@ -18,7 +18,6 @@ import time
 import pytest
 import testbed
 import testhosts
-from testhosts import RECREATE_PLAYBOOK
 
 HOSTS = ["web1", "web2", "web3", "web4", "web5"]
 
@@ -148,7 +147,7 @@ def test_a_step_left_working_by_a_dropped_ssh_session_is_waited_for_before_its_l
         web1,
         "backup",
         web1.stop_ssh,
-        RECREATE_PLAYBOOK,
+        testhosts.RECREATE_PLAYBOOK,
         variables,
         inventory,
         tmp_path / "halted.log",
@@ -163,7 +162,7 @@ def test_a_step_left_working_by_a_dropped_ssh_session_is_waited_for_before_its_l
 
     web1.start_ssh(fleet.key)
     log = tmp_path / "resumed.log"
-    run = testbed.start_playbook(RECREATE_PLAYBOOK, variables, str(inventory), str(log))
+    run = testbed.start_playbook(testhosts.RECREATE_PLAYBOOK, variables, str(inventory), str(log))
     try:
         testbed.wait_for(
             lambda: run.poll() is not None or "Take the project lock" in log.read_text(), 300, "the lock task"
